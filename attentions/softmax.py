@@ -1,0 +1,43 @@
+"""Exact softmax attention through torch's `scaled_dot_product_attention` (Vaswani et al., 2017).
+
+softmax(Q Kᵀ / √Dh + mask) V, computed by whichever SDPA backend torch picks for the device
+(flash / memory-efficient on GPU, a fused kernel on CPU). This is the exact baseline every
+efficient mechanism is compared with. Causal cross holds for free: queries never interact.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from cab import MultiHeadAttention, Pattern, register_attention
+
+
+def sdpa_mask(
+    key_padding_mask: torch.Tensor | None, causal: bool, len_q: int, len_k: int, device: torch.device
+) -> tuple[torch.Tensor | None, bool]:
+    """SDPA's (attn_mask, is_causal) for padding and/or a causal mask. attn_mask: True = may attend."""
+    if key_padding_mask is None:
+        return None, causal
+    allowed = ~key_padding_mask[:, None, None, :]  # (B, 1, 1, Lk)
+    if causal:  # SDPA refuses is_causal together with attn_mask, so fold the causal mask in
+        allowed = allowed & torch.ones(len_q, len_k, dtype=torch.bool, device=device).tril()
+    return allowed, False
+
+
+@register_attention("softmax", patterns=set(Pattern))
+class SoftmaxAttention(MultiHeadAttention):
+    def __init__(self, dim: int, num_heads: int, pattern: Pattern, dropout: float = 0.0):
+        super().__init__(dim, num_heads, pattern)
+        self.dropout = dropout
+
+    def attend(self, q, k, v, key_padding_mask):
+        # q: (B, H, Lq, Dh); k, v: (B, H, Lk, Dh)
+        mask, is_causal = sdpa_mask(key_padding_mask, self.causal, q.shape[-2], k.shape[-2], q.device)
+        p = self.dropout if self.training else 0.0
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=is_causal)
+
+    def core_flops(self, batch: int, len_q: int, len_k: int) -> int:
+        # QKᵀ and (softmax)·V: 2·Lq·Lk·Dh each per head -> 4·B·Lq·Lk·dim. The causal mask is counted
+        # in full, as the CPU kernels compute it; softmax's exp/sum are not matrix products.
+        return 4 * batch * len_q * len_k * self.dim

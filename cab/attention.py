@@ -1,0 +1,121 @@
+"""The shared base of attention layers: projections, head split, pattern checks, cost hooks.
+
+Most mechanisms subclass `MultiHeadAttention` and write only `attend`, the per-head core:
+
+    q: (B, H, Lq, Dh)   k, v: (B, H, Lk, Dh)   key_padding_mask: (B, Lk) bool, True = padding
+    -> (B, H, Lq, Dh)
+
+Mechanisms without queries and keys (state-space mixers, convolutions) subclass `AttentionLayer`
+and write `forward` themselves. Either way the layer maps x: (B, Lq, dim) [and context: (B, Lk, dim)]
+to (B, Lq, dim) and states its cost:
+
+    flops(batch, len_q, len_k) -> forward FLOPs of the whole layer (2 FLOPs per multiply-add)
+    state_size(seq_len)        -> numbers carried by its recurrent form per example, or None
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from cab.patterns import Pattern
+
+
+class AttentionLayer(nn.Module):
+    """Anything registered with `@register_attention` (a whole layer, usable in any backbone)."""
+
+    attention_name: str = "?"  # set by @register_attention
+
+    def __init__(self, dim: int, num_heads: int, pattern: Pattern | str):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        self.dim = dim
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.pattern = Pattern.parse(pattern)
+
+    @property
+    def causal(self) -> bool:
+        """True where positions must be masked: causal *self*. Causal cross is a property of the
+        mechanism (queries never interact), not a mask."""
+        return self.pattern is Pattern.CAUSAL_SELF
+
+    def check_inputs(self, x: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
+        """Return the key/value source sequence, after checking `context` matches the pattern."""
+        if self.pattern.is_cross:
+            if context is None:
+                raise ValueError(f"pattern {self.pattern} needs a context sequence (B, Lk, dim)")
+            return context
+        if context is not None:
+            raise ValueError(f"pattern {self.pattern} is self attention; context must be None")
+        return x
+
+    def flops(self, batch: int, len_q: int, len_k: int) -> int:
+        raise NotImplementedError(f"{type(self).__name__} must state its forward FLOPs")
+
+    def state_size(self, seq_len: int) -> int | None:
+        """Numbers per example carried across positions by the recurrent form (None: no such form)."""
+        return None
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, num_heads={self.num_heads}, pattern={self.pattern.value}"
+
+
+class MultiHeadAttention(AttentionLayer):
+    """Q/K/V/output projections and the head split; subclasses implement `attend`."""
+
+    def __init__(self, dim: int, num_heads: int, pattern: Pattern | str, bias: bool = True):
+        super().__init__(dim, num_heads, pattern)
+        self.q_proj = nn.Linear(dim, dim, bias=bias)
+        self.k_proj = nn.Linear(dim, dim, bias=bias)
+        self.v_proj = nn.Linear(dim, dim, bias=bias)
+        self.out_proj = nn.Linear(dim, dim, bias=bias)
+
+    def split_heads(self, t: torch.Tensor) -> torch.Tensor:
+        b, length, _ = t.shape  # (B, L, dim) -> (B, H, L, Dh)
+        return t.view(b, length, self.num_heads, self.head_dim).transpose(1, 2)
+
+    def merge_heads(self, t: torch.Tensor) -> torch.Tensor:
+        b, _, length, _ = t.shape  # (B, H, L, Dh) -> (B, L, dim)
+        return t.transpose(1, 2).reshape(b, length, self.dim)
+
+    def forward(
+        self, x: torch.Tensor, context: torch.Tensor | None = None, key_padding_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        source = self.check_inputs(x, context)
+        q = self.split_heads(self.q_proj(x))  # (B, H, Lq, Dh)
+        k = self.split_heads(self.k_proj(source))  # (B, H, Lk, Dh)
+        v = self.split_heads(self.v_proj(source))  # (B, H, Lk, Dh)
+        out = self.attend(q, k, v, key_padding_mask)  # (B, H, Lq, Dh)
+        return self.out_proj(self.merge_heads(out))
+
+    def attend(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding_mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        raise NotImplementedError
+
+    # -- cost -----------------------------------------------------------------------------------
+    def projection_flops(self, batch: int, len_q: int, len_k: int) -> int:
+        """Q and output projections on Lq tokens, K and V on Lk tokens: 2·dim² FLOPs per token each."""
+        return 2 * batch * self.dim * self.dim * (2 * len_q + 2 * len_k)
+
+    def core_flops(self, batch: int, len_q: int, len_k: int) -> int:
+        raise NotImplementedError(f"{type(self).__name__} must state the FLOPs of its attention core")
+
+    def flops(self, batch: int, len_q: int, len_k: int) -> int:
+        return self.projection_flops(batch, len_q, len_k) + self.core_flops(batch, len_q, len_k)
+
+
+def masked_fill_padding(scores: torch.Tensor, key_padding_mask: torch.Tensor | None) -> torch.Tensor:
+    """scores: (B, H, Lq, Lk); key_padding_mask: (B, Lk), True = padding -> -inf there."""
+    if key_padding_mask is None:
+        return scores
+    return scores.masked_fill(key_padding_mask[:, None, None, :], float("-inf"))
+
+
+def zero_padded_keys(t: torch.Tensor, key_padding_mask: torch.Tensor | None) -> torch.Tensor:
+    """Zero the padded positions of a (B, H, Lk, X) tensor: the way kernelised methods drop padding."""
+    if key_padding_mask is None:
+        return t
+    return t.masked_fill(key_padding_mask[:, None, :, None], 0.0)

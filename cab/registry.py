@@ -1,0 +1,213 @@
+"""Name -> class registries for attentions and tasks (the timm / torchtitan pattern).
+
+The harness never imports a mechanism by name: it asks these registries, which are filled by
+`@register_attention` / `@register_task` decorators when the modules are imported. Modules come
+from three places, loaded lazily on first lookup:
+  1. the built-in folders `cab.attentions` and `cab.tasks` (every module in them);
+  2. installed packages, through the entry-point groups `cab.attentions` and `cab.tasks`
+     (each entry point names a module; loading it runs its decorators);
+  3. user modules named at run time (`imports=[my_module]` in the config), via `import_modules`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import pkgutil
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+from cab.patterns import ALL_PATTERNS, Pattern
+
+
+class ChoiceError(ValueError):
+    """A bad name or pattern; its message is one line that lists the valid choices."""
+
+
+@dataclass(frozen=True)
+class AttentionSpec:
+    name: str
+    cls: type
+    patterns: frozenset[Pattern]
+    unsupported: dict[Pattern, str]  # pattern -> one-line reason, for every pattern not supported
+    module: str
+
+    def default_hparams(self) -> dict[str, Any]:
+        """Keyword defaults of the class's __init__ beyond (dim, num_heads, pattern)."""
+        return _keyword_defaults(self.cls, skip={"dim", "num_heads", "pattern"})
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str
+    cls: type
+    patterns: frozenset[Pattern]
+    module: str
+    description: str = ""
+
+
+@dataclass
+class _Registry:
+    kind: str  # "attention" or "task"
+    package: str  # built-in package scanned on first lookup
+    entry_point_group: str
+    entries: dict[str, Any] = field(default_factory=dict)
+    loaded: bool = False
+
+    def add(self, name: str, spec: Any) -> None:
+        if name in self.entries:
+            other = self.entries[name]
+            raise ValueError(f"{self.kind} {name!r} is already registered (by {other.module}.{other.cls.__name__})")
+        self.entries[name] = spec
+
+    def load(self) -> None:
+        if self.loaded:
+            return
+        self.loaded = True  # set first: modules being imported may look things up
+        package = importlib.import_module(self.package)
+        for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
+            if not info.name.startswith("_"):
+                importlib.import_module(f"{self.package}.{info.name}")
+        from importlib.metadata import entry_points
+
+        for ep in entry_points(group=self.entry_point_group):
+            importlib.import_module(ep.value.split(":")[0])
+
+    def get(self, name: str) -> Any:
+        self.load()
+        if name not in self.entries:
+            raise ChoiceError(f"unknown {self.kind} {name!r}; valid {self.kind}s: {', '.join(sorted(self.entries))}")
+        return self.entries[name]
+
+
+_ATTENTIONS = _Registry("attention", "cab.attentions", "cab.attentions")
+_TASKS = _Registry("task", "cab.tasks", "cab.tasks")
+
+
+def _keyword_defaults(cls: type, skip: set[str]) -> dict[str, Any]:
+    params = inspect.signature(cls.__init__).parameters.values()
+    return {
+        p.name: p.default
+        for p in params
+        if p.name != "self" and p.name not in skip and p.default is not inspect.Parameter.empty
+        and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+    }
+
+
+def _parse_patterns(patterns: Iterable[Pattern | str]) -> frozenset[Pattern]:
+    parsed = frozenset(Pattern.parse(p) for p in patterns)
+    if not parsed:
+        raise ValueError("an attention or task must support at least one pattern")
+    return parsed
+
+
+# ---------------------------------------------------------------------------------------------
+# attentions
+
+
+def register_attention(
+    name: str,
+    patterns: Iterable[Pattern | str],
+    unsupported: dict[Pattern | str, str] | None = None,
+) -> Callable[[type], type]:
+    """Class decorator: register an attention layer under `name`.
+
+    `patterns` are the patterns it supports; `unsupported` gives a one-line reason for each of the
+    others (shown by `cab list` and on the leaderboard). A missing reason is an error, so the
+    leaderboard never shows an unexplained gap.
+    """
+    supported = _parse_patterns(patterns)
+    reasons = {Pattern.parse(p): str(r) for p, r in (unsupported or {}).items()}
+    missing = sorted(p.value for p in ALL_PATTERNS - supported - reasons.keys())
+    if missing:
+        raise ValueError(f"attention {name!r}: give a reason for each unsupported pattern (missing: {', '.join(missing)})")
+    both = sorted(p.value for p in supported & reasons.keys())
+    if both:
+        raise ValueError(f"attention {name!r}: patterns both supported and unsupported: {', '.join(both)}")
+
+    def decorator(cls: type) -> type:
+        _ATTENTIONS.add(name, AttentionSpec(name, cls, supported, reasons, cls.__module__))
+        cls.attention_name = name
+        return cls
+
+    return decorator
+
+
+def attention_spec(name: str) -> AttentionSpec:
+    return _ATTENTIONS.get(name)
+
+
+def list_attentions(pattern: Pattern | str | None = None) -> list[str]:
+    """Sorted names of registered attentions, optionally only those supporting `pattern`."""
+    _ATTENTIONS.load()
+    if pattern is None:
+        return sorted(_ATTENTIONS.entries)
+    wanted = Pattern.parse(pattern)
+    return sorted(n for n, s in _ATTENTIONS.entries.items() if wanted in s.patterns)
+
+
+class UnsupportedPatternError(ChoiceError):
+    """The attention exists but does not support the requested pattern."""
+
+
+def check_supported(name: str, pattern: Pattern | str) -> AttentionSpec:
+    spec = attention_spec(name)
+    pattern = Pattern.parse(pattern)
+    if pattern not in spec.patterns:
+        valid = ", ".join(sorted(p.value for p in spec.patterns))
+        raise UnsupportedPatternError(
+            f"attention {name!r} does not support {pattern.value} ({spec.unsupported[pattern]}); it supports: {valid}"
+        )
+    return spec
+
+
+def build_attention(name: str, dim: int, num_heads: int, pattern: Pattern | str, **hparams: Any):
+    """Instantiate a registered attention layer for one pattern."""
+    spec = check_supported(name, pattern)
+    known = spec.default_hparams()
+    accepts_any = any(p.kind is p.VAR_KEYWORD for p in inspect.signature(spec.cls.__init__).parameters.values())
+    unknown = sorted(set(hparams) - set(known))
+    if unknown and not accepts_any:
+        raise ChoiceError(
+            f"attention {name!r} has no hyperparameter {', '.join(map(repr, unknown))}; "
+            f"valid: {', '.join(sorted(known)) or '(none)'}"
+        )
+    return spec.cls(dim=dim, num_heads=num_heads, pattern=Pattern.parse(pattern), **hparams)
+
+
+# ---------------------------------------------------------------------------------------------
+# tasks
+
+
+def register_task(name: str, patterns: Iterable[Pattern | str], description: str = "") -> Callable[[type], type]:
+    """Class decorator: register a task and the patterns its models exercise."""
+    exercised = _parse_patterns(patterns)
+
+    def decorator(cls: type) -> type:
+        doc = description or (inspect.getdoc(cls) or "").split("\n")[0]
+        _TASKS.add(name, TaskSpec(name, cls, exercised, cls.__module__, doc))
+        cls.task_name = name
+        return cls
+
+    return decorator
+
+
+def task_spec(name: str) -> TaskSpec:
+    return _TASKS.get(name)
+
+
+def list_tasks(pattern: Pattern | str | None = None) -> list[str]:
+    _TASKS.load()
+    if pattern is None:
+        return sorted(_TASKS.entries)
+    wanted = Pattern.parse(pattern)
+    return sorted(n for n, s in _TASKS.entries.items() if wanted in s.patterns)
+
+
+def import_modules(modules: Iterable[str]) -> None:
+    """Import user modules (outside any package is fine if on sys.path) so their decorators run."""
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise ChoiceError(f"cannot import module {module!r} named in `imports`: {exc}") from None

@@ -1,0 +1,106 @@
+"""The task interface: data + model + metrics, with no harness logic.
+
+A task is a class registered with `@register_task(name, patterns=...)`. The runner builds it with
+the pattern under test, the seed and the `task` config node, then:
+
+    model = task.build_model(attention)          # attention(role, dim, num_heads) -> layer
+    for batch in task.train_batches(batch_size): # deterministic from the seed
+        loss = task.loss(task.forward(model, batch), batch)
+    metrics = task.evaluate(model)               # name -> number; see metric_info
+
+`attention` is an `AttentionFactory`: it returns the mechanism under test for the layers whose role
+is the pattern under test and softmax for every other attention in the backbone (CAB's rule).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+
+from cab.patterns import Pattern
+from cab.registry import build_attention
+
+
+@dataclass(frozen=True)
+class MetricInfo:
+    higher_is_better: bool
+    description: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"higher_is_better": self.higher_is_better, "description": self.description}
+
+
+class AttentionFactory:
+    """Builds every attention layer of a backbone: the mechanism under test where the layer's role
+    is the pattern under test, exact softmax elsewhere. Keeps the layers under test for cost hooks."""
+
+    BASELINE = "softmax"
+
+    def __init__(self, name: str, pattern: Pattern, hparams: dict[str, Any] | None = None):
+        self.name = name
+        self.pattern = Pattern.parse(pattern)
+        self.hparams = dict(hparams or {})
+        self.layers_under_test: list[nn.Module] = []
+        self.all_layers: list[nn.Module] = []
+
+    def __call__(self, role: Pattern | str, dim: int, num_heads: int) -> nn.Module:
+        role = Pattern.parse(role)
+        if role is self.pattern:
+            layer = build_attention(self.name, dim=dim, num_heads=num_heads, pattern=role, **self.hparams)
+            self.layers_under_test.append(layer)
+        else:
+            layer = build_attention(self.BASELINE, dim=dim, num_heads=num_heads, pattern=role)
+        self.all_layers.append(layer)
+        return layer
+
+
+class Task:
+    """Base class of tasks. Subclasses set `primary_metric` and `metric_info` and implement the
+    methods below; `params` are the task's config values (the `task` node less its `name`)."""
+
+    task_name: str = "?"  # set by @register_task
+    primary_metric: str = "accuracy"
+    metric_info: dict[str, MetricInfo] = {}
+
+    def __init__(self, pattern: Pattern, seed: int, **params: Any):
+        self.pattern = Pattern.parse(pattern)
+        self.seed = seed
+        self.params = params
+
+    # -- data and model ---------------------------------------------------------------------------
+    def build_model(self, attention: AttentionFactory) -> nn.Module:
+        raise NotImplementedError
+
+    def train_batches(self, batch_size: int) -> Iterator[Any]:
+        """Training batches in a fixed order from the seed; may end (epochs) or be infinite."""
+        raise NotImplementedError
+
+    def forward(self, model: nn.Module, batch: Any) -> torch.Tensor:
+        raise NotImplementedError
+
+    def loss(self, outputs: torch.Tensor, batch: Any) -> torch.Tensor:
+        raise NotImplementedError
+
+    def tokens(self, batch: Any) -> int:
+        """Tokens the model reads in this batch (for throughput)."""
+        raise NotImplementedError
+
+    def example_batch(self) -> Any:
+        """One test example (batch of 1), used to count forward FLOPs per example."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module) -> dict[str, float]:
+        raise NotImplementedError
+
+    # -- optional ---------------------------------------------------------------------------------
+    def reference_metrics(self) -> dict[str, float]:
+        """Baselines recorded beside every result (majority class, unigram, ...), name -> number."""
+        return {}
+
+    def attention_lengths(self) -> dict[Pattern, tuple[int, int]]:
+        """(Lq, Lk) seen by the attention of each role, for state sizes; optional."""
+        return {}
