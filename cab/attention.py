@@ -58,6 +58,10 @@ class AttentionLayer(nn.Module):
         """Numbers per example carried across positions by the recurrent form (None: no such form)."""
         return None
 
+    def runtime_info(self) -> dict:
+        """Facts about how this layer ran (e.g. which kernel), copied into the result record."""
+        return {}
+
     def extra_repr(self) -> str:
         return f"dim={self.dim}, num_heads={self.num_heads}, pattern={self.pattern.value}"
 
