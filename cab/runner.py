@@ -1,0 +1,317 @@
+"""One cell of the grid: train, evaluate, measure, and write exactly one record, whatever happens.
+
+`run_job(cfg)` is what `cab run` calls for every job, under any Hydra launcher. It never raises for
+a problem of the run itself: an unsupported attention × pattern, an exception, a NaN loss, an
+out-of-memory error or a timeout each end as a record with the matching status and the error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import signal
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from cab.patterns import Pattern
+from cab.records import (
+    SCHEMA,
+    command_line,
+    environment,
+    hardware_label,
+    now_iso,
+    read_record,
+    run_id_of,
+    write_record,
+)
+from cab.registry import ChoiceError, attention_spec, import_modules, task_spec
+
+
+class NaNLoss(RuntimeError):
+    pass
+
+
+class JobTimeout(RuntimeError):
+    pass
+
+
+class InjectedFailure(RuntimeError):
+    pass
+
+
+def check_cell(attention: str, task: str, pattern: str) -> None:
+    """Raise ChoiceError (one line, valid choices named) for names that do not exist or a pattern the
+    task does not exercise. An attention that lacks the pattern is *not* an error: it is recorded."""
+    pattern_ = Pattern.parse(pattern)
+    attention_spec(attention)
+    spec = task_spec(task)
+    if pattern_ not in spec.patterns:
+        valid = ", ".join(p.value for p in Pattern if p in spec.patterns)
+        raise ChoiceError(f"task {task!r} does not exercise pattern {pattern_.value}; its patterns: {valid}")
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float | None):
+    """Raise JobTimeout in the main thread after `seconds` (None or <= 0: no limit)."""
+    if not seconds or seconds <= 0 or not hasattr(signal, "setitimer"):
+        yield
+        return
+
+    def on_alarm(signum, frame):
+        raise JobTimeout(f"job exceeded its time limit of {seconds:g} s")
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _error(exc: BaseException) -> dict[str, str]:
+    tail = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)[-6:])
+    return {"type": type(exc).__name__, "message": str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+            "traceback": tail[-4000:]}
+
+
+def _classify(exc: BaseException) -> str:
+    import torch
+
+    if isinstance(exc, JobTimeout):
+        return "timeout"
+    if isinstance(exc, NaNLoss):
+        return "nan"
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
+        return "oom"
+    return "failed"
+
+
+def _inject(fail: str | None, where: str) -> None:
+    """debug.fail: prove each failure path (tests)."""
+    if not fail:
+        return
+    import torch
+
+    if fail == "exception" and where == "train":
+        raise InjectedFailure("injected failure (debug.fail=exception)")
+    if fail == "oom" and where == "train":
+        raise torch.OutOfMemoryError("injected out-of-memory (debug.fail=oom)")
+    if fail == "timeout" and where == "train":
+        raise JobTimeout("injected timeout (debug.fail=timeout)")
+    if fail == "kill" and where == "train":
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def run_job(config: dict[str, Any]) -> dict[str, Any]:
+    """Run one cell from a resolved config (a plain dict) and return its record (also written)."""
+    started = time.time()
+    results_dir = Path(config["results_dir"])
+    run_id = run_id_of(config)
+    target = results_dir / f"{run_id}.json"
+    if target.exists() and not config.get("force", False):
+        record = read_record(target)
+        record["_skipped"] = True
+        return record
+
+    import torch
+
+    import_modules(config.get("imports") or [])
+    attention_cfg = dict(config["attention"])
+    attention = attention_cfg.pop("name")
+    task_cfg = dict(config["task"])
+    task = task_cfg.pop("name")
+    pattern = Pattern.parse(config["pattern"])
+    trainer = config["trainer"]
+    record: dict[str, Any] = {
+        "schema": SCHEMA,
+        "kind": "train",
+        "run_id": run_id,
+        "status": "ok",
+        "attention": attention,
+        "pattern": pattern.value,
+        "task": task,
+        "seed": int(config["seed"]),
+        "scale": trainer.get("name"),
+        "hardware": None,
+        "metrics": {},
+        "metric_info": {},
+        "primary_metric": None,
+        "reference_metrics": {},
+        "cost": {},
+        "attention_info": {},
+        "reason": None,
+        "config": config,
+        "env": {},
+        "command": command_line(),
+        "started_at": now_iso(),
+        "duration_s": None,
+        "error": None,
+    }
+    try:
+        if config.get("threads"):
+            torch.set_num_threads(int(config["threads"]))
+        record["env"] = environment()
+        record["hardware"] = hardware_label(record["env"])
+        spec = attention_spec(attention)
+        if pattern not in spec.patterns:
+            record["status"] = "unsupported"
+            record["reason"] = spec.unsupported[pattern]
+        else:
+            with time_limit(trainer.get("max_seconds")):
+                _train_and_evaluate(record, config, attention, attention_cfg, task, task_cfg, pattern)
+    except Exception as exc:  # noqa: BLE001 - every failure becomes a record; the sweep goes on
+        record["status"] = _classify(exc)
+        record["error"] = _error(exc)
+    record["duration_s"] = round(time.time() - started, 3)
+    write_record(record, results_dir)
+    return record
+
+
+def _device(config: dict[str, Any]) -> str:
+    import torch
+
+    wanted = config.get("device", "auto")
+    if wanted == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return wanted
+
+
+def _train_and_evaluate(record, config, attention, attention_hparams, task_name, task_params, pattern) -> None:
+    import torch
+
+    from cab.flops import forward_flops
+    from cab.progress import TrainProgress
+    from cab.task import AttentionFactory
+
+    trainer = config["trainer"]
+    seed = int(config["seed"])
+    fail = (config.get("debug") or {}).get("fail")
+    device = _device(config)
+    torch.manual_seed(seed)
+
+    spec = task_spec(task_name)
+    task = spec.cls(pattern=pattern, seed=seed, **task_params)
+    factory = AttentionFactory(attention, pattern, attention_hparams)
+    model = task.build_model(factory).to(device)
+    record["metric_info"] = {k: v.as_dict() for k, v in task.metric_info.items()}
+    record["primary_metric"] = task.primary_metric
+    record["reference_metrics"] = task.reference_metrics()
+    record["attention_info"] = {k: v for layer in factory.layers_under_test for k, v in layer.runtime_info().items()}
+
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=float(trainer["lr"]), weight_decay=float(trainer.get("weight_decay", 0.0)),
+        betas=tuple(trainer.get("betas", (0.9, 0.999))),
+    )
+    steps = int(trainer["steps"])
+    warmup = int(trainer.get("warmup_steps", 0))
+
+    def lr_scale(step: int) -> float:  # linear warm-up, then cosine to zero
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_scale)
+    clip = trainer.get("grad_clip")
+    log_every = max(1, int(trainer.get("log_every", 10)))
+    batches = _cycle(task, int(trainer["batch_size"]), device)
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+
+    _inject(fail, "train")
+    model.train()
+    tokens = 0
+    train_start = time.perf_counter()
+    with TrainProgress(total=steps, description=f"{attention} · {task_name} · {pattern.value}") as progress:
+        for step in range(steps):
+            batch = next(batches)
+            loss = task.loss(task.forward(model, batch), batch)
+            if fail == "nan" and step == steps // 2:
+                loss = loss * float("nan")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), float(clip))
+            optimizer.step()
+            scheduler.step()
+            tokens += task.tokens(batch)
+            if (step + 1) % log_every == 0 or step + 1 == steps:
+                value = loss.item()  # the only host sync in the loop, once every log_every steps
+                if not math.isfinite(value):
+                    raise NaNLoss(f"loss became {value} at step {step + 1}")
+                progress.update(step + 1, value)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    train_seconds = time.perf_counter() - train_start
+
+    model.eval()
+    eval_start = time.perf_counter()
+    record["metrics"] = {k: float(v) for k, v in task.evaluate(model).items()}
+    eval_seconds = time.perf_counter() - eval_start
+    bad = [k for k, v in record["metrics"].items() if not math.isfinite(v)]
+    if bad:
+        raise NaNLoss(f"metrics not finite: {', '.join(bad)}")
+
+    example = task.example_batch()
+    example = _to_device(example, device)
+    flops = forward_flops(model, lambda: task.forward(model, example), factory.all_layers, factory.layers_under_test)
+    state_sizes = [layer.state_size(_seq_len(task, pattern)) for layer in factory.layers_under_test]
+    record["cost"] = {
+        "params": sum(p.numel() for p in model.parameters()),
+        "flops_per_example": flops["total"],
+        "attention_flops_per_example": flops["tested"],
+        "flops_convention": "2 per multiply-add; forward; attention layers by their analytic formula, the rest counted by torch.utils.flop_counter",
+        "peak_memory_bytes": _peak_memory(device),
+        "memory_method": "cuda_max_memory_allocated" if device.startswith("cuda") else "process_peak_rss",
+        "wall_s": round(train_seconds + eval_seconds, 3),
+        "train_s": round(train_seconds, 3),
+        "eval_s": round(eval_seconds, 3),
+        "tokens_per_second": round(tokens / train_seconds, 1) if train_seconds > 0 else None,
+        "state_size": sum(state_sizes) if state_sizes and all(s is not None for s in state_sizes) else None,
+        "device": device,
+    }
+
+
+def _seq_len(task, pattern: Pattern) -> int:
+    lengths = task.attention_lengths()
+    if pattern in lengths:
+        return int(lengths[pattern][1])
+    return int(task.params.get("seq_len", 0))
+
+
+def _cycle(task, batch_size: int, device: str):
+    """Epoch after epoch of the task's batches, moved to the device."""
+    while True:
+        empty = True
+        for batch in task.train_batches(batch_size):
+            empty = False
+            yield _to_device(batch, device)
+        if empty:
+            raise RuntimeError("task produced no training batches")
+
+
+def _to_device(batch, device: str):
+    if device == "cpu":
+        return batch
+    import torch
+
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: _to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_to_device(v, device) for v in batch)
+    return batch
+
+
+def _peak_memory(device: str) -> int:
+    import resource
+
+    import torch
+
+    if device.startswith("cuda"):
+        return int(torch.cuda.max_memory_allocated())
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
