@@ -97,3 +97,14 @@ def masked_mean(t: torch.Tensor, keep: torch.Tensor | None, dim: int) -> torch.T
         return t.mean(dim=dim)
     keep = keep.to(t.dtype)
     return (t * keep).sum(dim=dim) / keep.sum(dim=dim).clamp(min=1.0)
+
+
+def sdpa_mask(key_padding_mask: torch.Tensor | None, causal: bool, len_q: int, len_k: int,
+              device: torch.device) -> tuple[torch.Tensor | None, bool]:
+    """SDPA's (attn_mask, is_causal) for padding and/or a causal mask. attn_mask: True = may attend."""
+    if key_padding_mask is None:
+        return None, causal
+    allowed = ~key_padding_mask[:, None, None, :]  # (B, 1, 1, Lk)
+    if causal:  # SDPA refuses is_causal with attn_mask, so the causal mask is folded in (Lq×Lk bool)
+        allowed = allowed & torch.ones(len_q, len_k, dtype=torch.bool, device=device).tril()
+    return allowed, False
