@@ -1,0 +1,69 @@
+"""Cross attention with a causal cross-attention mask (CCAM), from "Video-CCAM: Enhancing
+Video-Language Understanding with Causal Cross-Attention Masks for Short and Long Videos" (Fei, Li,
+Deng, Wang, Liu, Wang, 2024).
+
+A set of queries reads a temporally ordered source (video frames' tokens). Plain cross attention
+ignores the order, so CCAM masks it: the queries are spread evenly over the source's timeline and
+query i sees only the source positions up to its aligned time,
+
+    query i may attend key j  ⇔  rank(j) · N < (i + 1) · n_k
+
+where rank(j) is j's index among the real (non-padded) source tokens, n_k their number and N the
+number of query slots. Every query sees at least the first source token; the last sees all.
+
+N is the query count Lq (Video-CCAM's fixed learnable query set) unless `num_queries` fixes it. In
+the causal-cross pattern, output i must not depend on how many queries follow it, so N cannot be
+Lq there: it is `num_queries`, default 1024. Port: frames become source positions; nothing else
+changes. Dense masked attention: cost as softmax, 4·Lq·Lk·dim; the mask is an Lq×Lk boolean tensor
+(the algorithm is a dense masked cross attention).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from cab import MultiHeadAttention, Pattern, register_attention
+
+from ._part3_common import keep_mask
+
+_NO_SELF = "CCAM masks a query set reading a separate, temporally ordered source; on one sequence it is plain causal softmax"
+CAUSAL_CROSS_QUERIES = 1024
+
+
+@register_attention(
+    "ccam",
+    patterns={Pattern.NONCAUSAL_CROSS, Pattern.CAUSAL_CROSS},
+    unsupported={Pattern.NONCAUSAL_SELF: _NO_SELF, Pattern.CAUSAL_SELF: _NO_SELF},
+)
+class CausalCrossMaskAttention(MultiHeadAttention):
+    """Video-CCAM cross attention (Fei et al. 2024) with its causal cross-attention mask."""
+
+    def __init__(self, dim: int, num_heads: int, pattern: Pattern, num_queries: int | None = None, use_mask: bool = True):
+        super().__init__(dim, num_heads, pattern)
+        if num_queries is None and self.pattern is Pattern.CAUSAL_CROSS:
+            num_queries = CAUSAL_CROSS_QUERIES
+        self.num_queries = num_queries
+        self.use_mask = use_mask
+
+    def ccam_mask(self, len_q: int, keep: torch.Tensor) -> torch.Tensor:
+        """keep: (B, Lk) real source tokens -> (B, 1, Lq, Lk) bool, True = may attend."""
+        n_slots = self.num_queries or len_q
+        rank = torch.cumsum(keep.to(torch.long), dim=1) - 1  # (B, Lk)
+        n_k = keep.sum(dim=1, keepdim=True)  # (B, 1)
+        i = torch.arange(1, len_q + 1, device=keep.device)  # i + 1
+        visible = rank[:, None, :] * n_slots < i[None, :, None] * n_k[:, :, None]  # (B, Lq, Lk)
+        return (visible & keep[:, None, :])[:, None]
+
+    def attend(self, q, k, v, key_padding_mask):
+        # q: (B, H, Lq, Dh); k, v: (B, H, Lk, Dh)
+        keep = keep_mask(key_padding_mask, k.shape[0], k.shape[2], k.device)
+        if self.use_mask:
+            mask = self.ccam_mask(q.shape[2], keep)
+        else:
+            mask = None if key_padding_mask is None else keep[:, None, None, :]
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+    def core_flops(self, batch: int, len_q: int, len_k: int) -> int:
+        # QKᵀ and ·V in full (the mask is applied, not exploited): 4·Lq·Lk·dim
+        return 4 * batch * len_q * len_k * self.dim

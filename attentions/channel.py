@@ -1,0 +1,71 @@
+"""Channel group attention, from "DaViT: Dual Attention Vision Transformers" (Ding, Xiao, Codella,
+Luo, Wang, Yuan, ECCV 2022).
+
+Channels are the tokens: the channels are split into groups (the heads, Cg = Dh channels each) and
+every group attends over a Cg×Cg channel–channel matrix built from the whole sequence, so each
+channel sees a global summary of all positions:
+
+    A = softmax_row(Kᵀ V · Cg^-½)    (Dh × Dh per head, a sum over all key positions)
+    out_i = A q_i                     (each position mixes its own channels with A)
+
+The roles of Q, K, V follow DaViT's released code (the matrix from k and v, applied to q); the
+paper writes the same product with the names permuted. With the matrix built from the source and
+applied to the target, it is a cross attention, and queries never interact (causal cross holds).
+
+Causal self: the matrix for position i is built from the prefix statistics Σ_{j≤i} k_j v_jᵀ (the
+recurrent state), computed chunk by chunk, with a softmax per position. Large non-matmul work in
+that form: per position and head, a Dh×Dh outer product, prefix sum and softmax (≈ 3·L·dim·Dh
+elementwise operations plus L·dim·Dh exponentials) — comparable to the counted matmul FLOPs.
+
+Port: the P = H·W image tokens become the L sequence positions; nothing else changes.
+Cost per head: noncausal 2·Lk·Dh² + 2·Lq·Dh²; causal 2·L·Dh² counted (the apply). Memory O(L·Dh)
+plus, causal, one chunk of Dh×Dh states.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from cab import MultiHeadAttention, Pattern, register_attention
+from cab.attention import zero_padded_keys
+
+
+@register_attention("channel", patterns=set(Pattern))
+class ChannelAttention(MultiHeadAttention):
+    """DaViT channel group attention (Ding et al. 2022); heads are the channel groups."""
+
+    def __init__(self, dim: int, num_heads: int, pattern: Pattern, chunk_size: int = 128):
+        super().__init__(dim, num_heads, pattern)
+        self.chunk_size = chunk_size
+
+    def attend(self, q, k, v, key_padding_mask):
+        # q: (B, H, Lq, Dh); k, v: (B, H, Lk, Dh)
+        d = q.shape[-1]
+        scale = d**-0.5
+        k = zero_padded_keys(k, key_padding_mask)  # padding adds nothing to the channel statistics
+        if not self.causal:
+            attn = torch.softmax((k.transpose(-1, -2) @ v) * scale, dim=-1)  # (B, H, Dh, Dh)
+            return q @ attn.transpose(-1, -2)  # (B, H, Lq, Dh): out_i = A q_i
+        b, h, length, _ = q.shape
+        state = q.new_zeros(b, h, d, d)  # Σ_{j < chunk start} k_j v_jᵀ
+        outs = []
+        for s in range(0, length, self.chunk_size):
+            kc, vc, qc = k[:, :, s : s + self.chunk_size], v[:, :, s : s + self.chunk_size], q[:, :, s : s + self.chunk_size]
+            outer = kc.unsqueeze(-1) * vc.unsqueeze(-2)  # (B, H, C, Dh, Dh): k_j v_jᵀ
+            prefix = torch.cumsum(outer, dim=2) + state.unsqueeze(2)  # (B, H, C, Dh, Dh)
+            attn = torch.softmax(prefix * scale, dim=-1)  # (B, H, C, Dh, Dh), one matrix per position
+            outs.append((attn @ qc.unsqueeze(-1)).squeeze(-1))  # (B, H, C, Dh)
+            state = prefix[:, :, -1]
+        return torch.cat(outs, dim=2)
+
+    def core_flops(self, batch: int, len_q: int, len_k: int) -> int:
+        d = self.head_dim
+        if self.causal:
+            # per position: A_i q_i (2·Dh²); outer products, prefix sums and softmax are elementwise
+            return batch * self.num_heads * 2 * len_q * d * d
+        # Kᵀ V: 2·Lk·Dh²; A q_i for every query: 2·Lq·Dh², per head
+        return batch * self.num_heads * 2 * d * d * (len_k + len_q)
+
+    def state_size(self, seq_len: int) -> int:
+        # recurrent form: Σ k_j v_jᵀ, one Dh×Dh matrix per head
+        return self.num_heads * self.head_dim * self.head_dim
