@@ -1,0 +1,53 @@
+"""Local (sliding-window) attention, as benchmarked by CAB (Zhang et al., ICML 2023; window attention
+as in Image Transformer, Parmar et al. 2018, and Longformer's sliding window, Beltagy et al. 2020).
+
+Query i attends, with an exact softmax, to the keys j with |i - j| <= window (noncausal self) or
+i - window <= j <= i (causal self):
+
+    split the queries into blocks of C                        (B, H, n, C, Dh)
+    each block reads one span of C + 2·window keys (causal: C + window), an unfold of the padded
+    keys (a view)                                             (B, H, n, Dh, span)
+    S = Q_blk K_spanᵀ / √Dh, keep offsets inside the window   (B, H, n, C, span)
+    O_blk = softmax(S) V_span                                 (B, H, n, C, Dh)
+
+Memory and time O(L·(C + 2·window)·Dh); no L×L tensor. CAB's default window (wsize) is 15.
+Cross patterns are unsupported: a window needs aligned query and key positions.
+FLOPs per head: n·(2·C·span·Dh + 2·C·span·Dh), n = ⌈L/C⌉ (the whole span is computed).
+"""
+
+from __future__ import annotations
+
+from cab import MultiHeadAttention, Pattern, register_attention
+
+from ._part1_common import window_attention, window_attention_flops
+
+_NO_CROSS = "a sliding window needs aligned query and key positions; cross attention has none"
+
+
+@register_attention(
+    "local",
+    patterns={Pattern.NONCAUSAL_SELF, Pattern.CAUSAL_SELF},
+    unsupported={Pattern.NONCAUSAL_CROSS: _NO_CROSS, Pattern.CAUSAL_CROSS: _NO_CROSS},
+)
+class LocalAttention(MultiHeadAttention):
+    def __init__(self, dim: int, num_heads: int, pattern: Pattern, window: int = 15):
+        super().__init__(dim, num_heads, pattern)
+        if window < 0:
+            raise ValueError("window must be >= 0")
+        self.window = window
+
+    @property
+    def _after(self) -> int:
+        return 0 if self.causal else self.window
+
+    def attend(self, q, k, v, key_padding_mask):
+        valid = None if key_padding_mask is None else ~key_padding_mask  # (B, L)
+        out, _ = window_attention(q, k, v, self.window, self._after, key_valid=valid)
+        return out  # (B, H, L, Dh)
+
+    def core_flops(self, batch: int, len_q: int, len_k: int) -> int:
+        d = self.head_dim
+        return batch * self.num_heads * window_attention_flops(len_q, d, d, self.window, self._after)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", window={self.window}"
