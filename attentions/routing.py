@@ -1,0 +1,114 @@
+"""Bi-level Routing Attention (Zhu et al., CVPR 2023, "BiFormer: Vision Transformer with Bi-Level
+Routing Attention"; rayleizhu/BiFormer `ops/bra_legacy.py`), ported to 1-D sequences.
+
+The sequence is cut into regions of S tokens (BiFormer: an S×S grid of image regions).
+
+    Q^r, K^r = region-level queries and keys (mean over each region's tokens, all heads together)
+    A^r      = Q^r (K^r)ᵀ                                   # (n × n) region affinity, n = L/S
+    I^r      = topk(A^r, k)                                 # k routed regions per query region
+    K^g, V^g = gather(K, I^r), gather(V, I^r)               # (n, k·S, Dh) per head
+    O        = softmax(Q K^gᵀ/√Dh) V^g + LCE(V)              # token attention inside the routed regions
+LCE is BiFormer's local context enhancement, a depthwise conv on V (kernel 5; causal: left-padded).
+Routing is shared by the heads, as in BiFormer. Cost per token O(k·S·Dh) plus the n×n affinity
+(L²/S² per example, small): no L×L tensor.
+
+Block-causal form (causal self): a region may route only to earlier regions (top k of them) and
+always attends to itself with a token-level causal mask. The region-level query of a causal region
+cannot be the mean of its tokens (later tokens would steer the routing of earlier ones), so it is
+the query of the region's first token, the only region summary every token of the region may see.
+With k >= number of regions both forms equal dense (causal) softmax attention (LCE off).
+Padding: padded keys are masked, region means count only real tokens, all-padding regions are
+never routed to.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cab import MultiHeadAttention, Pattern, register_attention
+
+from ._part2_common import masked_attend, pad_length
+
+
+@register_attention(
+    "routing",
+    patterns={Pattern.NONCAUSAL_SELF, Pattern.CAUSAL_SELF},
+    unsupported={
+        Pattern.NONCAUSAL_CROSS: "not ported: the 1-D port cuts one sequence into regions (BiFormer is self-attention)",
+        Pattern.CAUSAL_CROSS: "queries of a region share one routing decision, so outputs depend on later queries",
+    },
+)
+class BiLevelRoutingAttention(MultiHeadAttention):
+    def __init__(self, dim: int, num_heads: int, pattern: Pattern, region_size: int = 64, topk: int = 4,
+                 lce_kernel: int = 5):
+        super().__init__(dim, num_heads, pattern)
+        self.region_size = region_size
+        self.topk = topk
+        self.lce_kernel = lce_kernel
+        if lce_kernel:
+            self.lce = nn.Conv1d(dim, dim, lce_kernel, groups=dim)
+
+    def route(self, q, k, keep):
+        """Top-k routed regions. q, k: (B, H, n, S, Dh); keep: (B, n, S) -> idx (B, n, k), ok (B, n, k)."""
+        b, h, n, s, d = q.shape
+        keepf = keep[:, None, :, :, None].to(q.dtype)
+        k_region = (k * keepf).sum(3) / keepf.sum(3).clamp(min=1.0)  # (B, H, n, Dh)
+        if self.causal:
+            q_region = q[:, :, :, 0]  # the region's first token
+        else:
+            q_region = (q * keepf).sum(3) / keepf.sum(3).clamp(min=1.0)
+        flat = lambda t: t.transpose(1, 2).reshape(b, n, h * d)  # all heads together, (B, n, dim)
+        affinity = flat(q_region) @ flat(k_region).transpose(-1, -2)  # (B, n, n)
+        blocked = ~keep.any(-1)[:, None, :].expand(b, n, n)  # all-padding regions
+        if self.causal:  # only strictly earlier regions are routed; the own region is always attended
+            blocked = blocked | torch.ones(n, n, dtype=torch.bool, device=q.device).triu()  # j >= i
+        affinity = affinity.masked_fill(blocked, float("-inf"))
+        kk = max(1, min(self.topk, n - 1 if self.causal else n))
+        top = torch.topk(affinity, kk, dim=-1)
+        return top.indices, top.values > float("-inf")
+
+    def attend(self, q, k, v, key_padding_mask):
+        b, h, length, d = q.shape
+        s = min(self.region_size, length)
+        qp, kp, vp = (pad_length(t, s) for t in (q, k, v))
+        n = qp.shape[2] // s
+        keep = torch.arange(n * s, device=q.device) < length
+        keep = keep.expand(b, n * s)
+        if key_padding_mask is not None:
+            keep = keep & ~pad_length(key_padding_mask.float(), s, dim=-1, value=1.0).bool()
+        keep = keep.reshape(b, n, s)
+        qr, kr, vr = (t.reshape(b, h, n, s, d) for t in (qp, kp, vp))  # (B, H, n, S, Dh)
+
+        idx, ok = self.route(qr, kr, keep)  # (B, n, k)
+        kk = idx.shape[-1]
+        gather_idx = idx.reshape(b, 1, n * kk, 1).expand(b, h, n * kk, s * d)
+        k_sel = kr.reshape(b, h, n, s * d).gather(2, gather_idx).reshape(b, h, n, kk * s, d)  # (B, H, n, k·S, Dh)
+        v_sel = vr.reshape(b, h, n, s * d).gather(2, gather_idx).reshape(b, h, n, kk * s, d)
+        sel_keep = keep.gather(1, idx.reshape(b, n * kk, 1).expand(b, n * kk, s)).reshape(b, n, kk, s)
+        sel_keep = (sel_keep & ok[..., None]).reshape(b, n, 1, kk * s).expand(b, n, s, kk * s)  # (B, n, S, k·S)
+        if self.causal:  # plus the own region, token-causal
+            k_sel, v_sel = torch.cat([k_sel, kr], dim=3), torch.cat([v_sel, vr], dim=3)
+            own = torch.ones(s, s, dtype=torch.bool, device=q.device).tril() & keep[:, :, None, :]  # (B, n, S, S)
+            sel_keep = torch.cat([sel_keep, own], dim=-1)
+        out = masked_attend(qr, k_sel, v_sel, sel_keep[:, None])  # (B, H, n, S, Dh)
+        out = out.reshape(b, h, n * s, d)[:, :, :length]
+        if self.lce_kernel:
+            vk = v if key_padding_mask is None else v * (~key_padding_mask)[:, None, :, None].to(v.dtype)
+            vf = self.merge_heads(vk).transpose(1, 2)  # (B, dim, L)
+            pad = (self.lce_kernel - 1, 0) if self.causal else (self.lce_kernel // 2, (self.lce_kernel - 1) // 2)
+            out = out + self.split_heads(self.lce(F.pad(vf, pad)).transpose(1, 2))
+        return out
+
+    def core_flops(self, batch: int, len_q: int, len_k: int) -> int:
+        s = min(self.region_size, len_q)
+        n = -(-len_q // s)
+        kk = max(1, min(self.topk, n - 1 if self.causal else n))
+        keys = (kk + (1 if self.causal else 0)) * s  # keys per query
+        attention = 4 * n * s * keys * self.dim  # scores and weights·V, all heads
+        routing = 2 * n * n * self.dim  # region affinity
+        lce = 2 * len_q * self.dim * self.lce_kernel if self.lce_kernel else 0
+        return batch * (attention + routing + lce)
