@@ -108,3 +108,10 @@ def sdpa_mask(key_padding_mask: torch.Tensor | None, causal: bool, len_q: int, l
     if causal:  # SDPA refuses is_causal with attn_mask, so the causal mask is folded in (Lq×Lk bool)
         allowed = allowed & torch.ones(len_q, len_k, dtype=torch.bool, device=device).tril()
     return allowed, False
+
+
+def safe_softmax(scores: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """Softmax where a slice that is entirely -inf gives zeros instead of NaN."""
+    top = scores.amax(dim=dim, keepdim=True).clamp(min=torch.finfo(scores.dtype).min)
+    weights = torch.exp(scores - top)
+    return weights / weights.sum(dim=dim, keepdim=True).clamp(min=torch.finfo(scores.dtype).tiny)
