@@ -1,0 +1,337 @@
+"""Part 2 of the attention zoo: block/chunked forms against their quadratic or step-by-step
+references, selection-based methods against their dense counterparts, state sizes against the
+tensors their recurrences carry, and stated FLOPs against FlopCounterMode."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+from cab import Pattern, attention_spec, build_attention
+from cab.kernels import quadratic_causal_linear_attention
+
+DT = torch.float64
+NAMES = ["lightning", "agent", "flowformer", "moh", "routing", "landmark", "gaussian", "based", "mamba", "sliding_window"]
+
+
+def make(name, pattern, dim=32, heads=4, seed=0, **hp):
+    torch.manual_seed(seed)
+    return build_attention(name, dim=dim, num_heads=heads, pattern=pattern, **hp).to(DT).eval()
+
+
+def rand(*shape, seed=1):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=DT)
+
+
+def qkv(layer, x, context=None):
+    src = x if context is None else context
+    return (layer.split_heads(f(t)) for f, t in ((layer.q_proj, x), (layer.k_proj, src), (layer.v_proj, src)))
+
+
+# -- lightning ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("length", [32, 37])
+@pytest.mark.parametrize("decay", [True, False])
+def test_lightning_block_form_equals_quadratic(length, decay):
+    layer = make("lightning", "causal_self", block_size=8, decay=decay)
+    q, k, v = qkv(layer, rand(2, length, 32))
+    with torch.no_grad():
+        block = layer.linear_core(q, k, v, None)
+        lam = layer.decay if decay else None
+        quad = quadratic_causal_linear_attention(F.silu(q), F.silu(k), v, lam)
+    torch.testing.assert_close(block, quad, atol=1e-10, rtol=1e-10)
+
+
+def test_lightning_noncausal_has_no_decay_and_rejects_it():
+    assert not make("lightning", "noncausal_self").use_decay
+    with pytest.raises(ValueError):
+        make("lightning", "noncausal_self", decay=True)
+
+
+# -- based --------------------------------------------------------------------------------------
+
+
+def test_based_taylor_feature_map():
+    from cab.attentions.based import taylor_feature_map, taylor_feature_size
+
+    a, b = rand(5, 16, seed=2), rand(5, 16, seed=3)
+    s = (a * b).sum(-1) / math.sqrt(16)
+    phi_a, phi_b = taylor_feature_map(a), taylor_feature_map(b)
+    assert phi_a.shape[-1] == taylor_feature_size(16) == 153
+    torch.testing.assert_close((phi_a * phi_b).sum(-1), 1 + s + s**2 / 2)
+
+
+@pytest.mark.parametrize("pattern", ["causal_self", "noncausal_self", "noncausal_cross"])
+def test_based_linear_part_equals_quadratic(pattern):
+    from cab.attentions.based import taylor_feature_map
+
+    layer = make("based", pattern, feature_dim=8, chunk_size=8)
+    x, ctx = rand(2, 29, 32), (rand(2, 21, 32, seed=4) if "cross" in pattern else None)
+    src = x if ctx is None else ctx
+    fq, fk = layer.features(layer.fq_proj(x)), layer.features(layer.fk_proj(src))
+    v = layer.split_heads(layer.v_proj(src))
+    with torch.no_grad():
+        got = layer.linear_part(fq, fk, v, None)
+        a = taylor_feature_map(fq) @ taylor_feature_map(fk).transpose(-1, -2)  # (B, H, Lq, Lk)
+        if layer.causal:
+            a = a * torch.ones(a.shape[-2:], dtype=DT).tril()
+        want = (a @ v) / (a.sum(-1, keepdim=True) + layer.eps)
+    torch.testing.assert_close(got, want, atol=1e-10, rtol=1e-10)
+
+
+# -- sliding window -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("window", [1, 4, 7])
+def test_sliding_window_equals_banded_dense(causal, window):
+    layer = make("sliding_window", "causal_self" if causal else "noncausal_self", window=window)
+    q, k, v = qkv(layer, rand(2, 23, 32))
+    i = torch.arange(23)
+    diff = i[:, None] - i[None, :]
+    band = ((diff >= 0) & (diff <= window)) if causal else diff.abs() <= window
+    with torch.no_grad():
+        want = F.scaled_dot_product_attention(q, k, v, attn_mask=band)
+        torch.testing.assert_close(layer.attend(q, k, v, None), want, atol=1e-10, rtol=1e-10)
+
+
+# -- mamba --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("length,chunk", [(40, 8), (37, 8), (5, 16)])
+def test_mamba_chunked_scan_equals_recurrence(length, chunk):
+    from cab.attentions.mamba import selective_scan, selective_scan_reference
+
+    e, n = 6, 4
+    u, bm, cm = rand(2, length, e, seed=5), rand(2, length, n, seed=6), rand(2, length, n, seed=7)
+    delta = F.softplus(rand(2, length, e, seed=8))
+    a = -torch.exp(rand(e, n, seed=9))
+    d = rand(e, seed=10)
+    want, _ = selective_scan_reference(u, delta, a, bm, cm, d)
+    torch.testing.assert_close(selective_scan(u, delta, a, bm, cm, d, chunk), want, atol=1e-10, rtol=1e-10)
+
+
+# -- selection with everything selected equals dense --------------------------------------------
+
+
+@pytest.mark.parametrize("pattern", ["causal_self", "noncausal_self"])
+def test_routing_all_regions_equals_dense(pattern):
+    layer = make("routing", pattern, region_size=8, topk=100, lce_kernel=0)
+    q, k, v = qkv(layer, rand(2, 37, 32))
+    mask = torch.zeros(2, 37, dtype=torch.bool)
+    mask[1, 30:] = True
+    with torch.no_grad():
+        got = layer.attend(q, k, v, mask)
+        allowed = ~mask[:, None, None, :] & (torch.ones(37, 37, dtype=torch.bool).tril() if layer.causal else True)
+        want = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
+    torch.testing.assert_close(got[0], want[0], atol=1e-10, rtol=1e-10)
+    torch.testing.assert_close(got[1, :, :30], want[1, :, :30], atol=1e-10, rtol=1e-10)
+
+
+def landmark_reference(layer, q, k, v):
+    """The grouped softmax with every block retrievable, as explicit L×L matrices."""
+    b, h, length, d = q.shape
+    ell = layer.block_size
+    blk = torch.arange(length) // ell
+    n = int(blk.max()) + 1
+    member = F.one_hot(blk, n).to(DT)  # (L, n)
+    lk = (member.T @ k) / member.sum(0)[:, None] + layer.landmark[None, :, None]  # (B, H, n, Dh)
+    s = q @ k.transpose(-1, -2) / math.sqrt(d)  # (B, H, L, L)
+    land = q @ lk.transpose(-1, -2) / math.sqrt(d)  # (B, H, L, n)
+    same = blk[:, None] == blk[None, :]
+    own_ok = same & (torch.ones(length, length, dtype=torch.bool).tril() if layer.causal else True)
+    other = (blk[None, :] < blk[:, None]) if layer.causal else ~same  # (L, L): j in a retrievable block
+    land_ok = (torch.arange(n)[None, :] < blk[:, None]) if layer.causal else (torch.arange(n)[None, :] != blk[:, None])
+    logits = torch.cat([land.masked_fill(~land_ok, -torch.inf), s.masked_fill(~own_ok, -torch.inf)], dim=-1)
+    w = torch.softmax(logits, dim=-1)
+    w_land, w_own = w[..., :n], w[..., n:]
+    # p_g(j) for j in block g: softmax of s over the tokens of block g, for every query
+    p = torch.zeros_like(s)
+    for g in range(n):
+        cols = blk == g
+        p[..., cols] = torch.softmax(s[..., cols], dim=-1)
+    weights = w_own + (w_land @ member.T) * p * other.to(DT)
+    return weights @ v
+
+
+@pytest.mark.parametrize("pattern", ["causal_self", "noncausal_self"])
+@pytest.mark.parametrize("top_k", [None, 50])
+def test_landmark_all_blocks_equals_dense_grouped_softmax(pattern, top_k):
+    layer = make("landmark", pattern, block_size=6, top_k=top_k, query_chunk=12)
+    with torch.no_grad():
+        layer.landmark.normal_()
+        q, k, v = qkv(layer, rand(2, 33, 32))
+        torch.testing.assert_close(layer.attend(q, k, v, None), landmark_reference(layer, q, k, v), atol=1e-10, rtol=1e-10)
+
+
+def test_landmark_top_k_retrieves_fewer_blocks():
+    full = make("landmark", "causal_self", block_size=4, top_k=None)
+    part = make("landmark", "causal_self", block_size=4, top_k=1)
+    x = rand(1, 40, 32)
+    with torch.no_grad():
+        a, b = full(x), part(x)
+    torch.testing.assert_close(a[:, :8], b[:, :8])  # blocks 0-1 have at most one earlier block
+    assert not torch.allclose(a[:, 12:], b[:, 12:])
+    assert part.flops(1, 400, 400) < full.flops(1, 400, 400)
+
+
+@pytest.mark.parametrize("pattern", list(Pattern))
+def test_moh_all_heads_with_unit_gates_equals_multihead_softmax(pattern):
+    layer = make("moh", pattern, shared_heads=1, top_k=3)
+    layer.head_gates = lambda x: torch.ones(*x.shape[:2], layer.num_heads, dtype=x.dtype)
+    x, ctx = rand(2, 19, 32), (rand(2, 23, 32, seed=4) if Pattern.parse(pattern).is_cross else None)
+    with torch.no_grad():
+        q, k, v = qkv(layer, x, ctx)
+        dense = F.scaled_dot_product_attention(q, k, v, is_causal=layer.causal)
+        torch.testing.assert_close(layer(x, ctx), layer.out_proj(layer.merge_heads(dense)))
+
+
+def test_moh_gates_select_top_k_routed_heads():
+    layer = make("moh", "causal_self", dim=32, heads=8)
+    assert (layer.shared_heads, layer.top_k) == (2, 4)  # 6 of 8 heads active
+    gates = layer.head_gates(rand(2, 5, 32))
+    assert ((gates[..., 2:] > 0).sum(-1) == 4).all() and (gates[..., :2] > 0).all()
+
+
+# -- state sizes: run the recurrence step by step, compare, count what it carries --------------
+
+
+def test_lightning_state_is_what_its_recurrence_carries():
+    layer = make("lightning", "causal_self", block_size=8)
+    q, k, v = qkv(layer, rand(2, 19, 32))
+    q, k = F.silu(q), F.silu(k)
+    lam = layer.decay.view(1, -1, 1, 1)
+    state = torch.zeros(2, 4, 8, 8, dtype=DT)  # KV per head
+    outs = []
+    for t in range(19):
+        state = lam * state + k[:, :, t, :, None] * v[:, :, t, None, :]
+        outs.append((q[:, :, t, None, :] @ state).squeeze(-2))
+    with torch.no_grad():
+        torch.testing.assert_close(torch.stack(outs, 2), layer.linear_core(*qkv(layer, rand(2, 19, 32)), None))
+    assert layer.state_size(19) == state[0].numel()
+
+
+def test_based_and_sliding_window_state_is_what_decoding_carries():
+    from cab.attentions.based import taylor_feature_map
+
+    window = 5
+    layer = make("based", "causal_self", feature_dim=4, window=window)
+    x = rand(2, 17, 32)
+    fq, fk = (taylor_feature_map(layer.features(p(x))) for p in (layer.fq_proj, layer.fk_proj))
+    q, k, v = qkv(layer, x)
+    s = torch.zeros(2, 4, fq.shape[-1], 8, dtype=DT)  # Σ φ(k) vᵀ
+    z = torch.zeros(2, 4, fq.shape[-1], dtype=DT)  # Σ φ(k)
+    cache_k, cache_v = [], []  # the window's last `window` keys and values
+    outs = []
+    for t in range(17):
+        s = s + fk[:, :, t, :, None] * v[:, :, t, None, :]
+        z = z + fk[:, :, t]
+        lin = (fq[:, :, t, None, :] @ s).squeeze(-2) / ((fq[:, :, t] * z).sum(-1, keepdim=True) + layer.eps)
+        keys = torch.stack(cache_k + [k[:, :, t]], 2)
+        vals = torch.stack(cache_v + [v[:, :, t]], 2)
+        win = F.scaled_dot_product_attention(q[:, :, t, None], keys, vals).squeeze(-2)
+        outs.append(lin + win)
+        cache_k, cache_v = (cache_k + [k[:, :, t]])[-window:], (cache_v + [v[:, :, t]])[-window:]
+    with torch.no_grad():
+        torch.testing.assert_close(layer.out_proj(layer.merge_heads(torch.stack(outs, 2))), layer(x))
+    carried = s[0].numel() + z[0].numel() + sum(t[0].numel() for t in cache_k + cache_v)
+    assert layer.state_size(17) == carried
+    sw = make("sliding_window", "causal_self", window=window)
+    assert sw.state_size(17) == sum(t[0].numel() for t in cache_k + cache_v) == 2 * 32 * window
+
+
+def test_mamba_state_is_what_its_recurrence_carries():
+    layer = make("mamba", "causal_self", dim=16, d_state=4)
+    x = rand(2, 11, 16)
+    br = layer.forward_branch
+    xs, z = layer.in_proj(x).chunk(2, dim=-1)
+    h = torch.zeros(2, layer.inner, 4, dtype=DT)  # SSM state
+    conv = torch.zeros(2, layer.inner, layer.d_conv - 1, dtype=DT)  # last d_conv - 1 inputs
+    a = -torch.exp(br.A_log)
+    ys = []
+    for t in range(11):
+        window = torch.cat([conv, xs[:, t, :, None]], -1)  # (B, E, d_conv)
+        u = F.silu((window * br.conv_weight[:, 0]).sum(-1) + br.conv_bias)
+        dt_r, bm, cm = torch.split(br.x_proj(u), [br.dt_rank, 4, 4], dim=-1)
+        delta = F.softplus(br.dt_proj(dt_r))
+        h = torch.exp(delta[..., None] * a) * h + (delta * u)[..., None] * bm[:, None, :]
+        ys.append((h * cm[:, None, :]).sum(-1) + br.D * u)
+        conv = window[..., 1:]
+    with torch.no_grad():
+        torch.testing.assert_close(layer.out_proj(torch.stack(ys, 1) * F.silu(z)), layer(x))
+    assert layer.state_size(11) == h[0].numel() + conv[0].numel()
+
+
+def test_flowformer_state_is_what_its_recurrence_carries():
+    layer = make("flowformer", "causal_self")
+    q, k, v = qkv(layer, rand(2, 13, 32))
+    q, k = torch.sigmoid(q), torch.sigmoid(k)
+    eps, d = layer.eps, 8
+    carried = dict(sk=torch.zeros(2, 4, d, dtype=DT), sq=torch.zeros(2, 4, d, dtype=DT),
+                   sko=torch.zeros(2, 4, d, dtype=DT), sqi=torch.zeros(2, 4, d, dtype=DT),
+                   zexp=torch.zeros(2, 4, dtype=DT), s=torch.zeros(2, 4, d, d, dtype=DT), count=torch.zeros(2, 1, dtype=DT))
+    c = carried
+    outs = []
+    for t in range(13):
+        qt, kt, vt = q[:, :, t], k[:, :, t], v[:, :, t]
+        c["count"] = c["count"] + 1
+        n = c["count"]
+        c["sk"], c["sq"] = c["sk"] + kt, c["sq"] + qt
+        si = n / ((qt + eps) * (c["sk"] + eps)).sum(-1)
+        so = n / ((kt + eps) * (c["sq"] + eps)).sum(-1)
+        c["sko"], c["sqi"] = c["sko"] + kt * so[..., None], c["sqi"] + qt * si[..., None]
+        sink = ((qt + eps) * (c["sko"] + eps)).sum(-1) / n
+        source = (((kt + eps) * (c["sqi"] + eps)).sum(-1) / n).clamp(-1, 1)
+        c["zexp"] = c["zexp"] + torch.exp(source)
+        comp = torch.exp(source) / c["zexp"] * n
+        c["s"] = c["s"] + kt[..., None] * (vt * comp[..., None])[..., None, :]
+        outs.append(((qt * (si / n)[..., None])[..., None, :] @ c["s"]).squeeze(-2) * torch.sigmoid(sink)[..., None])
+    with torch.no_grad():
+        torch.testing.assert_close(torch.stack(outs, 2), layer.attend(*qkv(layer, rand(2, 13, 32)), None))
+    assert layer.state_size(13) == sum(t[0].numel() for t in carried.values())
+
+
+def test_gaussian_state_is_what_its_recurrence_carries():
+    layer = make("gaussian", "causal_self")
+    x = rand(2, 9, 32)
+    with torch.no_grad():
+        layer.mean_offsets.normal_()
+        v = layer.v_proj(x).view(2, 9, 4, 8)
+        c = dict(s1=torch.zeros(2, 4, 8, dtype=DT), s2=torch.zeros(2, 4, 8, dtype=DT),
+                 logz=torch.full((2, 4, 8), -torch.inf, dtype=DT), count=torch.zeros(2, 1, 1, dtype=DT))
+        outs = []
+        for t in range(9):
+            vt = v[:, t]
+            c["count"], c["s1"], c["s2"] = c["count"] + 1, c["s1"] + vt, c["s2"] + vt**2
+            mean = c["s1"] / c["count"]
+            var = ((c["s2"] - c["count"] * mean**2) / (c["count"] - 1).clamp(min=1)).clamp(min=0)
+            logm = layer.log_density(vt[:, None], mean[:, None], var[:, None])[:, 0]
+            c["logz"] = torch.logaddexp(c["logz"], logm)
+            outs.append(vt * torch.exp(logm - c["logz"]))
+        torch.testing.assert_close(layer.out_proj(torch.stack(outs, 1).reshape(2, 9, 32)), layer(x))
+    assert layer.state_size(9) == sum(t[0].numel() for t in c.values())
+
+
+# -- FLOPs ----------------------------------------------------------------------------------------
+
+FLOP_CASES = [(n, p) for n in NAMES for p in sorted(attention_spec(n).patterns, key=list(Pattern).index)]
+
+
+@pytest.mark.parametrize("name,pattern", FLOP_CASES, ids=[f"{n}-{p.value}" for n, p in FLOP_CASES])
+def test_flops_agree_with_flop_counter(name, pattern):
+    length, dim = 256, 64
+    torch.manual_seed(0)
+    layer = build_attention(name, dim=dim, num_heads=4, pattern=pattern).eval()
+    x = torch.randn(1, length, dim)
+    ctx = torch.randn(1, length, dim) if pattern.is_cross else None
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), counter:
+        layer(x, context=ctx)
+    counted, stated = counter.get_total_flops(), layer.flops(1, length, length)
+    assert abs(stated - counted) <= 0.05 * counted, f"stated {stated} vs counted {counted}"
