@@ -1,0 +1,142 @@
+"""Transformer-LS: long-short transformer (Zhu et al., "Long-Short Transformer: Efficient
+Transformers for Language and Vision", NeurIPS 2021), CAB's AttentionLS and CausalLS.
+
+Each query attends, with one softmax, to the union of a short-term window and a long-term
+dynamic projection of the sequence; DualLN normalises the two key/value sets separately.
+
+    K = LN_s(x W_k), V = LN_s(x W_v)                               (B, H, L, Dh)
+    short-term (noncausal): segments of w = `window_size`, each reads itself and w/2 positions
+        on each side (a segment-wise sliding window);  causal: the last w keys, j ∈ (i−w, i]
+    long-term (noncausal): P = softmax_over_positions(x W_p)       (B, H, r, L), r = `num_landmarks`
+        K̄ = LN_l(P K), V̄ = LN_l(P V)                               (B, H, r, Dh)
+    long-term (causal): the sequence is cut into chunks of l = `chunk_size`; each chunk is
+        compressed the same way to `chunk_rank` vectors, and query i sees only the chunks that
+        end at or before i (no look-ahead)                           (B, H, L/l·rank, Dh)
+    O_i = softmax([q_i K̄ᵀ, q_i K_windowᵀ]/√Dh) [V̄; V_window]
+
+Both parts are computed separately with their log-sum-exps and merged, so no L×L tensor exists
+(causal long-term scores are L × L/l·rank: quadratic with a 1/l constant, as in the paper).
+CAB defaults: noncausal window 15 with 16 landmarks (AttentionLS); causal window 256, chunk 32,
+rank 1 (CausalLS); `window_size=None` picks the pattern's default. The relative position terms of
+CausalLS are left to the backbone. Cross patterns are unsupported (the window needs aligned
+positions, the projection is of the one sequence).
+FLOPs: Q/K/V/output projections; W_p 2·L·dim·H·r; per head the compression 2·2·r·L·Dh (causal:
+over the padded length), long-term 2·2·L·R·Dh (R compressed rows), the window's blocked products.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cab import MultiHeadAttention, Pattern, register_attention
+
+from ._part1_common import masked_softmax, masked_softmax_lse, merge_softmax_parts, window_attention, window_attention_flops
+
+_NO_CROSS = "the short-term window needs aligned positions and the dynamic projection is of one sequence"
+
+
+@register_attention(
+    "longshort",
+    patterns={Pattern.NONCAUSAL_SELF, Pattern.CAUSAL_SELF},
+    unsupported={Pattern.NONCAUSAL_CROSS: _NO_CROSS, Pattern.CAUSAL_CROSS: _NO_CROSS},
+)
+class LongShortAttention(MultiHeadAttention):
+    def __init__(self, dim: int, num_heads: int, pattern: Pattern, window_size: int | None = None,
+                 num_landmarks: int = 16, chunk_size: int = 32, chunk_rank: int = 1):
+        super().__init__(dim, num_heads, pattern)
+        self.window_size = window_size if window_size is not None else (256 if self.causal else 15)
+        self.num_landmarks = num_landmarks
+        self.chunk_size = chunk_size
+        self.chunk_rank = chunk_rank
+        self.rank = chunk_rank if self.causal else num_landmarks
+        self.dproj = nn.Linear(dim, num_heads * self.rank)  # W_p
+        self.ln_short = nn.LayerNorm(dim)
+        self.ln_long = nn.LayerNorm(dim)
+
+    # -- pieces --------------------------------------------------------------------------------
+    def _window_extent(self) -> tuple[int, int]:
+        if self.causal:
+            return self.window_size - 1, 0
+        ext = max(self.window_size // 2, 1)
+        return ext, ext
+
+    def _ln_heads(self, ln: nn.LayerNorm, t: torch.Tensor) -> torch.Tensor:
+        return self.split_heads(ln(self.merge_heads(t)))  # LayerNorm over all heads' features
+
+    def memories(self, x: torch.Tensor, key_padding_mask: torch.Tensor | None):
+        """q (scaled), K, V (B, H, L, Dh); K̄, V̄ (B, H, R, Dh); the long-term mask (L, R) or None."""
+        b, length, _ = x.shape
+        q = self.split_heads(self.q_proj(x)) * self.head_dim**-0.5
+        k = self.split_heads(self.ln_short(self.k_proj(x)))
+        v = self.split_heads(self.ln_short(self.v_proj(x)))
+        logits = self.dproj(x).view(b, length, self.num_heads, self.rank).permute(0, 2, 3, 1)  # (B, H, r, L)
+        valid = torch.ones(b, length, dtype=torch.bool, device=x.device) if key_padding_mask is None else ~key_padding_mask
+        if not self.causal:
+            p = masked_softmax(logits, valid[:, None, None, :])  # over positions
+            k_bar, v_bar, long_mask = p @ k, p @ v, None  # (B, H, r, Dh)
+        else:
+            c = self.chunk_size
+            pad = (-length) % c
+            n = (length + pad) // c
+            logits = F.pad(logits, (0, pad)).view(b, self.num_heads, self.rank, n, c)
+            vmask = F.pad(valid, (0, pad), value=False).view(b, 1, 1, n, c)
+            p = masked_softmax(logits, vmask)  # softmax inside each chunk
+            kc = F.pad(k, (0, 0, 0, pad)).view(b, self.num_heads, n, c, self.head_dim)
+            vc = F.pad(v, (0, 0, 0, pad)).view(b, self.num_heads, n, c, self.head_dim)
+            k_bar = torch.einsum("bhrnc,bhncd->bhnrd", p, kc).reshape(b, self.num_heads, n * self.rank, self.head_dim)
+            v_bar = torch.einsum("bhrnc,bhncd->bhnrd", p, vc).reshape(b, self.num_heads, n * self.rank, self.head_dim)
+            chunk_end = (torch.arange(n, device=x.device) + 1) * c - 1
+            seen = chunk_end[None, :] <= torch.arange(length, device=x.device)[:, None]  # (L, n): ended by i
+            long_mask = seen.repeat_interleave(self.rank, dim=1)  # (L, n·rank)
+        return q, k, v, self._ln_heads(self.ln_long, k_bar), self._ln_heads(self.ln_long, v_bar), long_mask, valid
+
+    def forward(self, x, context=None, key_padding_mask=None):
+        self.check_inputs(x, context)
+        q, k, v, k_bar, v_bar, long_mask, valid = self.memories(x, key_padding_mask)
+        long_scores = q @ k_bar.transpose(-1, -2)  # (B, H, L, R)
+        allowed = torch.ones_like(long_scores, dtype=torch.bool) if long_mask is None else long_mask.expand_as(long_scores)
+        p_long, lse_long = masked_softmax_lse(long_scores, allowed)
+        before, after = self._window_extent()
+        out_short, lse_short = window_attention(
+            q, k, v, before, after, block=None if self.causal else self.window_size, exact=self.causal,
+            key_valid=valid, scale=1.0,
+        )
+        out = merge_softmax_parts([(p_long @ v_bar, lse_long), (out_short, lse_short)])  # (B, H, L, Dh)
+        return self.out_proj(self.merge_heads(out))
+
+    def dense_reference(self, x, key_padding_mask=None):
+        """The same attention with the full L×(R+L) score matrix (tests only)."""
+        q, k, v, k_bar, v_bar, long_mask, valid = self.memories(x, key_padding_mask)
+        length = x.shape[1]
+        i = torch.arange(length, device=x.device)
+        if self.causal:
+            short = (i[None, :] <= i[:, None]) & (i[None, :] > i[:, None] - self.window_size)
+        else:
+            w, ext = self.window_size, max(self.window_size // 2, 1)
+            seg = i // w
+            short = (i[None, :] >= seg[:, None] * w - ext) & (i[None, :] < seg[:, None] * w + w + ext)
+        short = short[None, None] & valid[:, None, None, :]
+        lm = torch.ones(length, k_bar.shape[2], dtype=torch.bool, device=x.device) if long_mask is None else long_mask
+        scores = torch.cat([q @ k_bar.transpose(-1, -2), q @ k.transpose(-1, -2)], dim=-1)
+        allowed = torch.cat([lm[None, None].expand(*short.shape[:2], -1, -1), short], dim=-1)
+        out = masked_softmax(scores, allowed) @ torch.cat([v_bar, v], dim=2)
+        return self.out_proj(self.merge_heads(out))
+
+    def core_flops(self, batch: int, len_q: int, len_k: int) -> int:
+        length, d, h = len_q, self.head_dim, self.num_heads
+        dproj = 2 * length * self.dim * h * self.rank
+        if self.causal:
+            n = -(-length // self.chunk_size)
+            rows = n * self.rank
+            compress = 2 * 2 * self.rank * n * self.chunk_size * d
+        else:
+            rows = self.rank
+            compress = 2 * 2 * self.rank * length * d
+        before, after = self._window_extent()
+        window = window_attention_flops(length, d, d, before, after, None if self.causal else self.window_size)
+        return batch * (dproj + h * (compress + 2 * 2 * length * rows * d + window))
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", window_size={self.window_size}, rank={self.rank}"

@@ -1,0 +1,94 @@
+"""ProbSparse self-attention (Zhou et al., "Informer: Beyond Efficient Transformer for Long Sequence
+Time-Series Forecasting", AAAI 2021, best paper).
+
+Only the u most "active" queries get full attention; the rest output mean(V):
+
+    s = c·⌈ln Lk⌉ keys sampled per query, u = c·⌈ln Lq⌉ queries kept (c = `factor`)
+    Q K_sampledᵀ                                   (B, H, Lq, s)  gathered per query chunk
+    M(q_i) = max_j(q_i·k_j) − Σ_j(q_i·k_j)/Lk        over the sampled j (Informer's sparsity measure)
+    top-u queries by M                              (B, H, u)
+    O[top] = softmax(Q_top Kᵀ/√Dh) V               (B, H, u, Lk)  u ≪ L rows: O(u·L) memory
+    O[rest] = mean_j v_j
+
+Sampling: Informer uses torch.randint; here the sampled key indices are a hash of (query index,
+sample index, seed) over the real keys, so eval is deterministic under a seed (the seed is a
+buffer drawn at init) and appended padding changes nothing; training draws a fresh seed per call.
+Lengths in s and u are the real (unpadded) lengths. Noncausal self only: the top-u selection is
+global over queries, the samples include future keys, and Informer's causal branch leaks the same
+way; cross is not in the mechanism (Informer uses full attention there).
+FLOPs per head: 2·Lq·s·Dh (sampled scores) + 4·u·Lk·Dh (attention of the kept queries);
+sort/top-k and the mean are not matrix products. With factor large enough that u = Lq every
+query is kept and the output is softmax attention.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from cab import MultiHeadAttention, Pattern, register_attention
+
+from ._part1_common import hash_uniform_ints, masked_softmax
+
+_WHY = {
+    Pattern.CAUSAL_SELF: "the top-u query selection is global and the key samples include future positions",
+    Pattern.NONCAUSAL_CROSS: "ProbSparse is a self-attention mechanism (Informer uses full attention for cross)",
+    Pattern.CAUSAL_CROSS: "the top-u selection compares all queries, so an output depends on later queries",
+}
+
+
+def _counts(factor: int, length: int) -> int:
+    return max(1, min(factor * math.ceil(math.log(max(length, 1))), length)) if length > 1 else 1
+
+
+@register_attention("probsparse", patterns={Pattern.NONCAUSAL_SELF}, unsupported=_WHY)
+class ProbSparseAttention(MultiHeadAttention):
+    def __init__(self, dim: int, num_heads: int, pattern: Pattern, factor: int = 5, query_chunk: int = 1024):
+        super().__init__(dim, num_heads, pattern)
+        self.factor = factor
+        self.query_chunk = query_chunk
+        self.register_buffer("sample_seed", torch.randint(0, 2**31 - 1, ()))
+
+    def attend(self, q, k, v, key_padding_mask):
+        b, h, len_q, d = q.shape
+        len_k = k.shape[-2]
+        dev = q.device
+        valid_k = torch.ones(b, len_k, dtype=torch.bool, device=dev) if key_padding_mask is None else ~key_padding_mask
+        n_k = valid_k.sum(1).clamp_min(1)  # (B,)
+        valid_q = valid_k if not self.pattern.is_cross else torch.ones(b, len_q, dtype=torch.bool, device=dev)
+        n_k_max, n_q_max = int(n_k.max()), int(valid_q.sum(1).max())
+        s = _counts(self.factor, n_k_max)
+        u = min(_counts(self.factor, n_q_max), len_q)
+
+        seed = int(self.sample_seed) if not self.training else int(torch.randint(0, 2**31 - 1, ()))
+        r = hash_uniform_ints(torch.arange(len_q, device=dev), torch.arange(s, device=dev), seed)  # (Lq, s)
+        idx_real = r[None] % n_k[:, None, None]  # (B, Lq, s): index among the real keys
+        real_pos = torch.argsort((~valid_k).to(torch.int8), dim=1, stable=True)  # real keys first, in order
+        key_idx = torch.gather(real_pos, 1, idx_real.reshape(b, -1))  # (B, Lq·s)
+
+        m_parts = []
+        for start in range(0, len_q, self.query_chunk):
+            stop = min(start + self.query_chunk, len_q)
+            idx = key_idx[:, start * s : stop * s][:, None, :, None].expand(b, h, -1, d)
+            k_s = torch.gather(k, 2, idx).view(b, h, stop - start, s, d)  # (B, H, chunk, s, Dh)
+            qk = torch.einsum("bhqd,bhqsd->bhqs", q[:, :, start:stop], k_s)  # (B, H, chunk, s)
+            m_parts.append(qk.amax(-1) - qk.sum(-1) / n_k[:, None, None].to(qk.dtype))
+        m = torch.cat(m_parts, dim=-1)  # (B, H, Lq)
+        m = m.masked_fill(~valid_q[:, None, :], float("-inf"))
+        top = m.topk(u, dim=-1).indices  # (B, H, u)
+
+        q_top = torch.gather(q, 2, top[..., None].expand(b, h, u, d))  # (B, H, u, Dh)
+        scores = (q_top * d**-0.5) @ k.transpose(-1, -2)  # (B, H, u, Lk)
+        p = masked_softmax(scores, valid_k[:, None, None, :])
+        out_top = p @ v  # (B, H, u, Dh)
+        v_mean = (v * valid_k[:, None, :, None]).sum(2, keepdim=True) / n_k[:, None, None, None].to(v.dtype)
+        out = v_mean.expand(b, h, len_q, d).clone()
+        return out.scatter(2, top[..., None].expand(b, h, u, d), out_top)
+
+    def core_flops(self, batch: int, len_q: int, len_k: int) -> int:
+        s, u, d = _counts(self.factor, len_k), min(_counts(self.factor, len_q), len_q), self.head_dim
+        return batch * self.num_heads * (2 * len_q * s * d + 4 * u * len_k * d)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", factor={self.factor}"

@@ -1,0 +1,110 @@
+"""Reformer's LSH attention (Kitaev, Kaiser & Levskaya, "Reformer: The Efficient Transformer",
+ICLR 2020), with shared query-key projections.
+
+    qk = x W_qk (shared), k̂ = qk/‖qk‖, v = x W_v                 (B, H, L, Dh)
+    for each of `num_hashes` rounds r:
+        h_r(x) = argmax([xR_r; −xR_r])   R_r: (Dh, nb/2) random rotation      -> bucket per token
+        sort tokens by (bucket, position)                                  (B, H, L)
+        in sorted order, token p attends to the tokens of its own bucket among sorted positions
+        [p − b, p + b] (b = `bucket_size`; causal: [p − 2b, p], earlier positions only), never to
+        itself unless it has nothing else (score −5·10⁴), softmax over that set   -> o_r, lse_r
+        unsort
+    O = Σ_r softmax_r(lse_r) o_r                                     (rounds combined by their lse)
+
+nb = 2·⌈n/(2b)⌉ buckets for n real tokens (the paper's L/b; at least 2). Reformer chunks the sorted
+sequence (own + previous chunk); a sliding window over the sorted order restricted to the own
+bucket is the same idea with a candidate set that depends only on earlier tokens, which is what
+causal self needs — with a bucket count that does not depend on the length: `num_buckets`
+(default 64 for causal self, as for L = 4096 at b = 64). Rotations come from a generator seeded by
+a buffer drawn at init (eval is deterministic); training draws a fresh seed per call. Padded
+tokens get their own last bucket and are masked. Memory O(L·b) per round, rounds run one at a
+time; no L×L tensor. Defaults: b = 64, 8 hashes (the reference implementation's).
+Cross patterns are unsupported: shared QK needs one sequence (one hash space).
+FLOPs: QK/V/output projections 3·2·L·dim²; per round and head hashing 2·L·Dh·nb/2 and the
+windowed products (blocks of 64 over a span of 64 + window); sorting is not a matrix product.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from cab import MultiHeadAttention, Pattern, register_attention
+
+from ._part1_common import window_attention, window_attention_flops
+
+_NO_CROSS = "shared query-key hashing needs one sequence (one hash space for queries and keys)"
+SELF_SCORE = -5e4
+
+
+@register_attention(
+    "reformer",
+    patterns={Pattern.NONCAUSAL_SELF, Pattern.CAUSAL_SELF},
+    unsupported={Pattern.NONCAUSAL_CROSS: _NO_CROSS, Pattern.CAUSAL_CROSS: _NO_CROSS},
+)
+class ReformerAttention(MultiHeadAttention):
+    def __init__(self, dim: int, num_heads: int, pattern: Pattern, bucket_size: int = 64, num_hashes: int = 8,
+                 num_buckets: int | None = None):
+        super().__init__(dim, num_heads, pattern)
+        del self.k_proj  # shared QK: q_proj produces both
+        self.bucket_size = bucket_size
+        self.num_hashes = num_hashes
+        self.num_buckets = num_buckets if num_buckets is not None else (64 if self.causal else None)
+        self.register_buffer("hash_seed", torch.randint(0, 2**31 - 1, ()))
+
+    def _buckets(self, n_real: int) -> int:
+        if self.num_buckets is not None:
+            return max(2, self.num_buckets + self.num_buckets % 2)
+        return max(2, 2 * -(-n_real // (2 * self.bucket_size)))
+
+    def _extent(self) -> tuple[int, int]:
+        return (2 * self.bucket_size, 0) if self.causal else (self.bucket_size, self.bucket_size)
+
+    def forward(self, x, context=None, key_padding_mask=None):
+        self.check_inputs(x, context)
+        b, length, _ = x.shape
+        qk = self.split_heads(self.q_proj(x))  # (B, H, L, Dh)
+        v = self.split_heads(self.v_proj(x))
+        h, d = self.num_heads, self.head_dim
+        valid = torch.ones(b, length, dtype=torch.bool, device=x.device) if key_padding_mask is None else ~key_padding_mask
+        nb = self._buckets(int(valid.sum(1).max()))
+        seed = int(self.hash_seed) if not self.training else int(torch.randint(0, 2**31 - 1, ()))
+        gen = torch.Generator().manual_seed(seed)
+        rot = torch.randn(self.num_hashes, d, nb // 2, generator=gen).to(qk)  # (R, Dh, nb/2)
+        k_hat = qk / qk.norm(dim=-1, keepdim=True).clamp_min(1e-6)
+        pos = torch.arange(length, device=x.device)
+        valid_h = valid[:, None, :].expand(b, h, length)
+        before, after = self._extent()
+        acc = lse_acc = None
+        for r in range(self.num_hashes):
+            rotated = qk @ rot[r]  # (B, H, L, nb/2)
+            bucket = torch.cat([rotated, -rotated], dim=-1).argmax(dim=-1)  # (B, H, L)
+            bucket = torch.where(valid_h, bucket, torch.full_like(bucket, nb))  # padding: its own last bucket
+            order = torch.argsort(bucket * length + pos, dim=-1)  # sort by (bucket, position)
+            idx = order[..., None].expand(b, h, length, d)
+            q_s, k_s, v_s = (torch.gather(t, 2, idx) for t in (qk, k_hat, v))
+            out_s, lse_s = window_attention(
+                q_s, k_s, v_s, before, after, key_valid=torch.gather(valid_h, 2, order),
+                labels=torch.gather(bucket, 2, order), self_score=SELF_SCORE,
+            )
+            out_r = torch.empty_like(out_s).scatter_(2, idx, out_s)  # unsort
+            lse_r = torch.empty_like(lse_s).scatter_(2, order, lse_s)
+            if acc is None:
+                acc, lse_acc = out_r, lse_r
+            else:  # running softmax over rounds
+                new = torch.logaddexp(lse_acc, lse_r)
+                new_safe = torch.where(torch.isfinite(new), new, torch.zeros_like(new))
+                acc = acc * torch.exp(lse_acc - new_safe)[..., None] + out_r * torch.exp(lse_r - new_safe)[..., None]
+                lse_acc = new
+        return self.out_proj(self.merge_heads(acc))
+
+    def projection_flops(self, batch: int, len_q: int, len_k: int) -> int:
+        return 2 * batch * self.dim * self.dim * 3 * len_q  # shared QK, V, output
+
+    def core_flops(self, batch: int, len_q: int, len_k: int) -> int:
+        d, nb = self.head_dim, self._buckets(len_q)
+        before, after = self._extent()
+        per_round = 2 * len_q * d * (nb // 2) + window_attention_flops(len_q, d, d, before, after)
+        return batch * self.num_heads * self.num_hashes * per_round
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", bucket_size={self.bucket_size}, num_hashes={self.num_hashes}"
