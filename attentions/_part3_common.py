@@ -45,7 +45,9 @@ def segment_ids(keep: torch.Tensor, segments: int) -> tuple[torch.Tensor, torch.
     keepf = keep.to(torch.long)
     rank = torch.cumsum(keepf, dim=1) - 1  # (B, L)
     n = keepf.sum(dim=1, keepdim=True).clamp(min=1)  # (B, 1)
-    seg = torch.div(rank.clamp(min=0) * segments, n, rounding_mode="floor").clamp(max=segments - 1)
+    # segment s holds ranks floor(s·n/S) .. floor((s+1)·n/S) - 1 (adaptive pooling's bins), i.e.
+    # rank r belongs to s = ceil((r+1)·S/n) - 1
+    seg = torch.div((rank.clamp(min=0) + 1) * segments - 1, n, rounding_mode="floor").clamp(max=segments - 1)
     seg = seg * keepf
     counts = torch.zeros(keep.shape[0], segments, dtype=torch.long, device=keep.device)
     counts.scatter_add_(1, seg, keepf)
