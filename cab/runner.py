@@ -73,7 +73,8 @@ def time_limit(seconds: float | None):
 
 
 def _error(exc: BaseException) -> dict[str, str]:
-    tail = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)[-6:])
+    lines = traceback.format_exception(type(exc), exc, exc.__traceback__)
+    tail = "".join(lines[:1] + lines[-6:] if len(lines) > 7 else lines)  # keep the header and the last frames
     return {"type": type(exc).__name__, "message": str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
             "traceback": tail[-4000:]}
 
@@ -190,6 +191,7 @@ def _train_and_evaluate(record, config, attention, attention_hparams, task_name,
     trainer = config["trainer"]
     seed = int(config["seed"])
     fail = (config.get("debug") or {}).get("fail")
+    fail = None if fail is None else str(fail).lower()  # YAML reads `nan` as a float NaN
     device = _device(config)
     torch.manual_seed(seed)
 
@@ -221,9 +223,15 @@ def _train_and_evaluate(record, config, attention, attention_hparams, task_name,
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
 
+    # Early stopping at a target (Zoology stops MQAR at 0.99); off unless set, and off for leaderboards.
+    early_stop_at = trainer.get("early_stop_at")
+    early_stop_metric = trainer.get("early_stop_metric") or task.primary_metric
+    eval_every = max(1, int(trainer.get("eval_every") or steps))
+
     _inject(fail, "train")
     model.train()
     tokens = 0
+    step = 0
     train_start = time.perf_counter()
     with TrainProgress(total=steps, description=f"{attention} · {task_name} · {pattern.value}") as progress:
         for step in range(steps):
@@ -243,6 +251,15 @@ def _train_and_evaluate(record, config, attention, attention_hparams, task_name,
                 if not math.isfinite(value):
                     raise NaNLoss(f"loss became {value} at step {step + 1}")
                 progress.update(step + 1, value)
+            if early_stop_at is not None and (step + 1) % eval_every == 0 and step + 1 < steps:
+                paused = time.perf_counter()
+                model.eval()
+                reached = task.evaluate(model).get(early_stop_metric)
+                model.train()
+                train_start += time.perf_counter() - paused  # evaluation is not training time
+                if reached is not None and reached >= early_stop_at:
+                    record["early_stopped_at_step"] = step + 1
+                    break
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     train_seconds = time.perf_counter() - train_start

@@ -1,0 +1,84 @@
+"""The `cab` command end to end, in subprocesses, as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from cab.records import validate
+
+
+def cab(*args: str, cwd=None, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "cab.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=timeout)
+
+
+def test_help_and_list_import_no_heavy_packages():
+    code = (
+        "import sys, io, contextlib; from cab.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    assert main(['--help']) == 0 and main(['list']) == 0\n"
+        "heavy = [m for m in ('wandb', 'datasets', 'fvcore') if m in sys.modules]\n"
+        "print(','.join(heavy))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "", f"imported at start-up: {out.stdout.strip()}"
+
+
+def test_list_shows_attentions_and_tasks():
+    out = cab("list")
+    assert out.returncode == 0
+    assert "softmax" in out.stdout and "linear" in out.stdout and "mqar" in out.stdout
+
+
+@pytest.mark.parametrize(
+    "override,needle",
+    [
+        ("attention=nope", "valid attentions:"),
+        ("task=nope", "valid tasks:"),
+        ("pattern=sideways", "valid patterns:"),
+        ("pattern=noncausal_cross", "does not exercise pattern noncausal_cross"),
+    ],
+)
+def test_bad_override_is_one_line_and_exit_2(tmp_path, override, needle):
+    out = cab("run", "task=mqar", override, "trainer=smoke", f"results_dir={tmp_path}")
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], out.stderr
+    assert not list(tmp_path.glob("*.json"))
+
+
+@pytest.mark.slow
+def test_smoke_run_writes_a_record_and_builds_the_page(tmp_path):
+    results = tmp_path / "results"
+    out = cab("run", "attention=linear", "task=mqar", "pattern=causal_self", "trainer=smoke", f"results_dir={results}", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    [path] = results.glob("*.json")
+    record = json.loads(path.read_text())
+    assert validate(record) == [] and record["status"] == "ok"
+    assert record["command"].startswith("cab run") and "attention=linear" in record["command"]
+    assert path.stem == record["run_id"]
+    # rerun: skipped, no second record
+    again = cab("run", "attention=linear", "task=mqar", "pattern=causal_self", "trainer=smoke", f"results_dir={results}", cwd=tmp_path)
+    assert again.returncode == 0 and "skipped" in again.stdout
+    assert len(list(results.glob("*.json"))) == 1
+
+    site = tmp_path / "site"
+    built = cab("leaderboard", "build", "--results", str(results), "--out", str(site))
+    assert built.returncode == 0, built.stderr
+    html = (site / "index.html").read_text()
+    assert "mqar" in html or (site / "data").is_dir()
+
+
+@pytest.mark.slow
+def test_multirun_writes_one_record_per_job(tmp_path):
+    results = tmp_path / "results"
+    out = cab("run", "-m", "attention=softmax,linear", "task=mqar", "pattern=noncausal_self", "trainer=smoke",
+              "trainer.steps=5", f"results_dir={results}", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    records = [json.loads(p.read_text()) for p in results.glob("*.json")]
+    assert sorted(r["attention"] for r in records) == ["linear", "softmax"]
+    assert all(r["status"] == "ok" for r in records)
