@@ -1,0 +1,258 @@
+/* Overview: one tab per pattern; attentions × tasks with the primary metric (mean ± std over seeds,
+ * seed count), the CAB-style aggregate beside the per-task scores, baselines as reference rows.
+ * A single task selected shows all its metrics. */
+"use strict";
+(async function () {
+  const { el, fmt, badge } = CAB;
+  const main = document.getElementById("main");
+  let idx;
+  try {
+    idx = await CAB.header("overview");
+  } catch (e) {
+    main.appendChild(el("div", { class: "empty", text: "No data: build the site with `cab leaderboard build` (" + e.message + ")." }));
+    return;
+  }
+  const PATTERN_TEXT = { noncausal_self: "noncausal self", causal_self: "causal self", noncausal_cross: "noncausal cross", causal_cross: "causal cross" };
+
+  // ---- skeleton
+  const context = el("div", { class: "context", id: "context" });
+  const scaleSel = el("select", { id: "f-scale" }), hwSel = el("select", { id: "f-hardware" }), taskSel = el("select", { id: "f-task" });
+  const viewSel = el("select", { id: "f-view" }, el("option", { value: "raw", text: "metric values" }), el("option", { value: "z", text: "task z-scores" }));
+  const search = el("input", { type: "search", id: "f-search", placeholder: "search attentions…", size: 22 });
+  const dl = el("span", { class: "dl" });
+  const controls = el("div", { class: "controls" },
+    el("label", {}, "scale", scaleSel), el("label", {}, "hardware", hwSel), el("label", {}, "task", taskSel),
+    el("label", {}, "show", viewSel), search, dl);
+  const tabs = el("div", { class: "tabs", id: "tabs", role: "tablist" });
+  const wrap = el("div", { class: "tablewrap" });
+  const below = el("div", {});
+  main.appendChild(el("h1", { text: "Attention mechanisms across patterns and tasks" }));
+  main.appendChild(el("p", { class: "lead", text: "Each cell: the task's primary metric, mean ± standard deviation over seeds (n = seeds that finished). Click a header to sort (best first, missing last); click a number for its runs." }));
+  main.appendChild(context);
+  main.appendChild(controls);
+  main.appendChild(tabs);
+  main.appendChild(wrap);
+  main.appendChild(below);
+
+  if (!idx.tables.length) {
+    wrap.appendChild(el("div", { class: "empty", text: "No training records in this build (" + idx.records + " records, " + idx.skipped_count + " files skipped)." }));
+  }
+
+  const state = Object.assign({ view: "raw" }, CAB.getState());
+  const scales = [...new Set(idx.tables.map((t) => t.scale))];
+  const runsOf = (s) => idx.tables.filter((t) => t.scale === s).reduce((a, t) => a + t.runs, 0);
+  scales.sort((a, b) => runsOf(b) - runsOf(a) || a.localeCompare(b));
+  let current = null, shown = { columns: [], rows: [] };
+
+  async function render() {
+    if (!idx.tables.length) return;
+    state.scale = CAB.fillSelect(scaleSel, scales, state.scale);
+    const hws = [...new Set(idx.tables.filter((t) => t.scale === state.scale).map((t) => t.hardware))];
+    state.hw = CAB.fillSelect(hwSel, hws, state.hw);
+    const here = idx.tables.filter((t) => t.scale === state.scale && t.hardware === state.hw);
+    if (!here.some((t) => t.pattern === state.pattern)) state.pattern = (idx.patterns.find((p) => here.some((t) => t.pattern === p)));
+    tabs.textContent = "";
+    for (const p of idx.patterns) {
+      const t = here.find((x) => x.pattern === p);
+      tabs.appendChild(el("button", { type: "button", role: "tab", "data-pattern": p, class: p === state.pattern ? "active" : null,
+        disabled: t ? null : "disabled", title: t ? null : "no records for this pattern at this scale and hardware",
+        onclick: () => { state.pattern = p; state.task = ""; update(); } },
+      PATTERN_TEXT[p] || p, el("span", { class: "count", text: t ? t.runs + " runs" : "—" })));
+    }
+    const meta = here.find((t) => t.pattern === state.pattern);
+    current = await CAB.load("data/" + meta.file + ".js", meta.file);
+    state.task = CAB.fillSelect(taskSel, [["", "all tasks"], ...Object.keys(current.tasks)], state.task || "");
+    viewSel.value = state.view;
+    search.value = state.q || "";
+    CAB.context(context, [["scale", current.scale], ["hardware", current.hardware], ["pattern", PATTERN_TEXT[current.pattern] || current.pattern]], idx);
+    drawTable();
+    drawBelow();
+    CAB.setState(state);
+  }
+
+  function columns() {
+    const t = current, agg = t.aggregate, cols = [];
+    const cell = (row, task) => cellMap.get(row.id + "\u0000" + task);
+    cols.push({ key: "attention", label: "attention", sub: "", hib: false, string: true,
+      value: (r) => r.attention + " " + r.variant, csv: (r) => ({ attention: r.attention, variant: r.variant }) });
+    if (agg.tasks.length) {
+      const single = state.task && agg.tasks.includes(state.task);
+      if (!state.task || single) {
+        cols.push({ key: "agg", label: single ? "task score" : "aggregate", sub: "z, ↑ better", hib: true, agg: true,
+          title: single ? "mean z-score of this task's metrics (frozen constants " + (idx.normalisation || {}).file + ")"
+            : "CAB-style index: z-scores per metric (frozen constants), averaged per task, then over the pattern's " + agg.tasks.length + " tasks",
+          value: (r) => { const a = agg.rows[r.id]; if (!a) return null; const v = single ? a.task_scores[state.task] : a.score;
+            return v === undefined || v === null ? null : (single || a.complete ? v : v - 1e6); } });
+      }
+    }
+    const tasks = state.task ? [state.task] : Object.keys(t.tasks);
+    for (const task of tasks) {
+      const info = t.tasks[task];
+      const metrics = state.task ? Object.keys(info.metric_info).sort((a, b) => (b === info.primary_metric) - (a === info.primary_metric) || a.localeCompare(b)) : [info.primary_metric];
+      for (const m of metrics) {
+        const mi = info.metric_info[m] || { higher_is_better: true, description: "" };
+        const z = state.view === "z" && !state.task;
+        cols.push({ key: task + ":" + m, task, metric: m, label: state.task ? m : task, sub: (state.task ? "" : m + " ") + (z ? "z" : "") + (mi.higher_is_better || z ? " ↑" : " ↓"),
+          hib: z ? true : mi.higher_is_better, title: (z ? "z-score of task " + task : m + ": " + mi.description) + (mi.higher_is_better ? " (higher is better)" : " (lower is better)"),
+          z, value: (r) => { const c = cell(r, task);
+            if (z) { const a = agg.rows[r.id]; const v = a && a.task_scores[task]; return v === undefined ? null : v; }
+            return c && c.status === "ok" && c.metrics[m] ? c.metrics[m][0] : null; } });
+      }
+    }
+    return cols;
+  }
+
+  let cellMap = new Map();
+  function drawTable() {
+    cellMap = new Map(current.cells.map((c) => [c.row + "\u0000" + c.task, c]));
+    const cols = columns();
+    const q = (state.q || "").toLowerCase();
+    let rows = current.rows.filter((r) => !q || (r.attention + " " + r.variant).toLowerCase().includes(q));
+    const sortCol = cols.find((c) => c.key === state.sort) || cols.find((c) => c.agg) || cols[1] || cols[0];
+    rows = CAB.sortRows(rows, sortCol.value, sortCol.hib, state.dir === "rev");
+    const best = bestCells(cols, rows);
+
+    const thead = el("thead", {}, el("tr", {}, cols.map((c) => el("th", {
+      class: [c === sortCol ? "sorted" : "", c.agg ? "agg" : ""].join(" ").trim() || null, "data-key": c.key, title: c.title || null,
+      "aria-sort": c === sortCol ? (state.dir === "rev" ? "ascending" : "descending") : null,
+      onclick: () => { if (state.sort === c.key || (c === sortCol && !state.sort)) state.dir = state.dir === "rev" ? "" : "rev"; else { state.sort = c.key; state.dir = ""; } drawTable(); CAB.setState(state); },
+    }, c.label, c.sub ? el("span", { class: "dir", text: c.sub }) : null))));
+    const tbody = el("tbody", { id: "rows" });
+    for (const r of rows) tbody.appendChild(el("tr", { "data-attention": r.attention }, cols.map((c) => renderCell(c, r, best))));
+    const refs = el("tbody", { class: "ref" });
+    for (const ref of current.references) {
+      const tr = el("tr", {}, el("td", { text: ref.label }));
+      for (const c of cols.slice(1)) {
+        const v = c.task && !c.z && ref.values[c.task] ? ref.values[c.task][c.metric] : undefined;
+        tr.appendChild(el("td", { class: c.agg ? "agg" : null, title: v !== undefined ? "baseline from the task's reference_metrics" : "not applicable",
+          text: v !== undefined ? fmt(v) : "—" }));
+      }
+      if (cols.some((c) => c.task && !c.z && ref.values[c.task] && ref.values[c.task][c.metric] !== undefined)) refs.appendChild(tr);
+    }
+    const table = el("table", { class: "board", id: "board" }, thead, tbody, refs);
+    wrap.textContent = "";
+    wrap.appendChild(table);
+    if (!rows.length) wrap.appendChild(el("div", { class: "empty", text: "No attention matches the search." }));
+    shown = { cols, rows };
+  }
+
+  /** Bold the best value of a column only when its mean ± std interval does not overlap the runner-up's
+   * (both need at least two seeds): LMArena's lesson about ranks inside overlapping intervals. */
+  function bestCells(cols, rows) {
+    const out = new Set();
+    for (const c of cols) {
+      if (!c.task || c.z) continue;
+      const vals = rows.map((r) => [r, cellMap.get(r.id + "\u0000" + c.task)]).filter(([, x]) => x && x.status === "ok" && x.metrics[c.metric]);
+      if (vals.length < 2) continue;
+      vals.sort((a, b) => (c.hib ? -1 : 1) * (a[1].metrics[c.metric][0] - b[1].metrics[c.metric][0]));
+      const [m1, s1] = vals[0][1].metrics[c.metric], [m2, s2] = vals[1][1].metrics[c.metric];
+      if (s1 === null || s2 === null) continue;
+      if (c.hib ? m1 - s1 > m2 + s2 : m1 + s1 < m2 - s2) out.add(vals[0][0].id + "\u0000" + c.key);
+    }
+    return out;
+  }
+
+  function renderCell(c, r, best) {
+    if (c.key === "attention") {
+      return el("td", { class: "name" }, el("span", { text: r.attention }), r.variant ? el("span", { class: "variant", text: r.variant }) : null);
+    }
+    const allRuns = current.cells.filter((x) => x.row === r.id).flatMap((x) => x.runs.map((y) => y[0]));
+    if (c.agg) {
+      const a = current.aggregate.rows[r.id];
+      const v = a ? (state.task ? a.task_scores[state.task] : a.score) : null;
+      if (v === null || v === undefined) return el("td", { class: "agg", title: "no finished run of a normalised task", text: "—" });
+      const n = current.aggregate.tasks.length;
+      return el("td", { class: "agg" }, el("a", { href: CAB.runHref(allRuns), title: "runs behind this score" }, fmt(v, 3)),
+        !state.task && !a.complete ? el("span", { class: "badge partial", title: "partial: only " + a.tasks_used + " of " + n + " tasks finished; ranked after complete rows", text: a.tasks_used + "/" + n + " tasks" }) : null);
+    }
+    const cell = cellMap.get(r.id + "\u0000" + c.task);
+    if (!cell) return el("td", { title: "no record for this attention, task and pattern" }, badge("notrun", "no record"));
+    const href = CAB.runHref(cell.runs.map((x) => x[0]));
+    const seeds = cell.runs.map((x) => "seed " + (x[1] === null ? "?" : x[1]) + ": " + x[2]).join("\n");
+    if (cell.status !== "ok") {
+      const note = cell.note || "";
+      return el("td", { class: "status " + cell.status, title: (CAB.STATUS_TEXT[cell.status] + (note ? ": " + note : "")) + "\n" + seeds },
+        el("a", { href }, badge(cell.status, note)), note ? el("span", { class: "why", text: note }) : null);
+    }
+    if (c.z) {
+      const v = c.value(r);
+      return el("td", { title: seeds }, v === null ? "—" : el("a", { href, text: fmt(v, 3) }));
+    }
+    const mv = cell.metrics[c.metric];
+    if (!mv) return el("td", { title: "metric not reported", text: "—" });
+    const failedSeeds = cell.runs.filter((x) => x[2] !== "ok");
+    return el("td", { class: best.has(r.id + "\u0000" + c.key) ? "best" : null, title: seeds + (cell.other_configs ? "\n(" + cell.other_configs + " other configuration(s) of this cell not shown)" : "") },
+      el("a", { href, class: "val" }, fmt(mv[0]), mv[1] !== null ? el("span", { class: "pm", text: " ± " + fmt(mv[1], 2) }) : null),
+      el("span", { class: "n", text: "n=" + mv[2] }),
+      failedSeeds.length ? el("span", { class: "badge partial", title: failedSeeds.map((x) => "seed " + x[1] + ": " + x[2]).join("\n"), text: "+" + failedSeeds.length + " " + failedSeeds[0][2] }) : null);
+  }
+
+  function drawBelow() {
+    below.textContent = "";
+    const norm = idx.normalisation;
+    below.appendChild(el("h2", { text: "How the aggregate is computed" }));
+    below.appendChild(el("p", { class: "explain", text:
+      "Each metric is turned into a z-score, z = ±(x − μ)/σ (sign flipped when lower is better), with μ and σ frozen per scale × pattern × task × metric in a versioned file, so adding an attention never moves anyone else's score; z-scores are averaged within a task, and task scores are averaged with equal weight within the pattern (CAB's compositional index). The per-task scores stand beside it because an average hides where a mechanism fails." }));
+    if (!norm) {
+      below.appendChild(el("div", { class: "warnbox", text: "No normalisation file is frozen for this build, so no aggregate is shown. Freeze one with `cab leaderboard build --freeze-normalisation`." }));
+    } else {
+      const consts = ((norm.constants || {})[current.scale] || {})[current.pattern] || {};
+      const d = el("details", { id: "normalisation" }, el("summary", { text: "Normalisation constants: " + norm.file + " (version " + norm.version + ", frozen " + norm.created_at + ")" }));
+      if (!Object.keys(consts).length) d.appendChild(el("p", { class: "muted", text: "No constants for scale " + current.scale + " and this pattern: only per-task scores are shown." }));
+      else {
+        const tb = el("tbody");
+        for (const [task, ms] of Object.entries(consts)) for (const [m, c] of Object.entries(ms)) {
+          tb.appendChild(el("tr", {}, el("td", { text: task }), el("td", { text: m }), el("td", { class: "num", text: fmt(c.mean) }),
+            el("td", { class: "num", text: fmt(c.std) }), el("td", { text: c.higher_is_better ? "higher" : "lower" }), el("td", { class: "num", text: c.n_attentions || "" })));
+        }
+        d.appendChild(el("table", { class: "plain" }, el("thead", {}, el("tr", {}, ["task", "metric", "μ", "σ", "better", "attentions"].map((h) => el("th", { text: h })))), tb));
+      }
+      d.appendChild(el("p", {}, "Download: ", el("a", { href: "data/" + norm.file, text: norm.file }), ". Method: ", el("span", { class: "muted", text: norm.method || "" })));
+      below.appendChild(d);
+    }
+    below.appendChild(el("h2", { text: "Statuses" }));
+    const st = el("dl", { class: "kv" });
+    for (const [s, text] of [["ok", "finished; the number is the mean over its finished seeds"], ["unsupported", "the attention cannot express this pattern; the hover and the run page give its stated reason"],
+      ["failed", "the run raised an error (message on hover and on the run page)"], ["oom", "out of memory"], ["nan", "the loss or a metric became NaN or infinite"],
+      ["timeout", "the run passed its time limit"], ["notrun", "no record for this cell in the results"]]) {
+      st.appendChild(el("dt", {}, badge(s))); st.appendChild(el("dd", { text }));
+    }
+    below.appendChild(st);
+    if (idx.skipped_count) {
+      const box = el("details", { class: "warnbox" }, el("summary", { text: idx.skipped_count + " result file(s) were malformed and skipped" }));
+      const ul = el("ul");
+      for (const s of idx.skipped) ul.appendChild(el("li", {}, el("code", { text: s.file }), " — " + s.problem));
+      box.appendChild(ul);
+      below.appendChild(box);
+    }
+  }
+
+  function basename() { return "cab-" + current.scale + "-" + current.hardware + "-" + current.pattern + (state.task ? "-" + state.task : ""); }
+  CAB.downloadButtons(dl, () => basename().replace(/[^A-Za-z0-9_.-]+/g, "_"), () => {
+    const cols = [{ key: "attention", label: "attention" }, { key: "variant", label: "variant" }, { key: "scale", label: "scale" }, { key: "hardware", label: "hardware" }, { key: "pattern", label: "pattern" }];
+    for (const c of shown.cols.slice(1)) {
+      if (c.agg) cols.push({ key: c.key, label: c.label });
+      else if (c.z) cols.push({ key: c.key, label: c.task + " z" });
+      else for (const s of ["mean", "std", "n", "status"]) cols.push({ key: c.key + ":" + s, label: c.task + " " + c.metric + " " + s });
+    }
+    const rows = shown.rows.map((r) => {
+      const o = { attention: r.attention, variant: r.variant, scale: current.scale, hardware: current.hardware, pattern: current.pattern };
+      for (const c of shown.cols.slice(1)) {
+        if (c.agg || c.z) { const v = c.value(r); o[c.key] = v !== null && v < -1e5 ? v + 1e6 : v; continue; }
+        const cell = cellMap.get(r.id + "\u0000" + c.task), mv = cell && cell.metrics[c.metric];
+        o[c.key + ":mean"] = mv ? mv[0] : null; o[c.key + ":std"] = mv ? mv[1] : null; o[c.key + ":n"] = mv ? mv[2] : 0;
+        o[c.key + ":status"] = cell ? cell.status : "notrun";
+      }
+      return o;
+    });
+    return [cols, rows];
+  });
+
+  function update() { render().catch((e) => { wrap.textContent = ""; wrap.appendChild(el("div", { class: "empty", text: "Could not load data: " + e.message })); }); }
+  scaleSel.addEventListener("change", () => { state.scale = scaleSel.value; update(); });
+  hwSel.addEventListener("change", () => { state.hw = hwSel.value; update(); });
+  taskSel.addEventListener("change", () => { state.task = taskSel.value; state.sort = ""; update(); });
+  viewSel.addEventListener("change", () => { state.view = viewSel.value; drawTable(); CAB.setState(state); });
+  search.addEventListener("input", () => { state.q = search.value; drawTable(); CAB.setState(state); });
+  update();
+})();

@@ -1,0 +1,377 @@
+"""The leaderboard builder without a browser: real and hand-written records in, data files out.
+
+Browser tests (rendering, sorting, plots, console errors, script injection) are in
+tests/test_leaderboard_browser.py.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from cab import leaderboard, leaderboard_data as lbd
+from cab.leaderboard_demo import demo_records, efficiency_record, train_record, write_records
+
+
+def read_js(path: Path) -> tuple[str, object]:
+    """(key, value) of a data file `(window.CAB_DATA=...)[key]=<json>;`."""
+    text = path.read_text()
+    m = re.fullmatch(r'\(window\.CAB_DATA=window\.CAB_DATA\|\|\{\}\)\[("[^"]+")\]=(.*);\n', text, re.S)
+    assert m, text[:200]
+    return json.loads(m.group(1)), json.loads(m.group(2))
+
+
+def build(tmp_path, records, **kw):
+    results = write_records(records, tmp_path / "results")
+    out = tmp_path / "site"
+    kw.setdefault("normalisation", tmp_path / "no-normalisation.json")
+    summary = leaderboard.build(results, out, warn=lambda m: None, **kw)
+    return out, summary
+
+
+def table_of(out: Path, pattern: str, scale: str = "cpu") -> dict:
+    _, index = read_js(out / "data" / "index.js")
+    meta = next(t for t in index["tables"] if t["pattern"] == pattern and t["scale"] == scale)
+    return read_js(out / "data" / f"{meta['file']}.js")[1]
+
+
+# ------------------------------------------------------------------------------------------------
+# real records from the runner
+
+
+def _compose(overrides: list[str]) -> dict:
+    from hydra import compose, initialize_config_module
+    from omegaconf import OmegaConf
+
+    from cab.config import register_configs
+
+    register_configs()
+    with initialize_config_module(config_module="cab.conf", version_base="1.3"):
+        cfg = compose(config_name="config", overrides=overrides)
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+@pytest.fixture(scope="module")
+def real_results(tmp_path_factory):
+    """Records written by the real runner (cab.runner.run_job, what `cab run` calls per job): two
+    attentions × two seeds, cut to 2 training steps, and one injected out-of-memory failure."""
+    from cab.runner import run_job
+
+    results = tmp_path_factory.mktemp("real") / "results"
+    base = ["task=mqar", "pattern=causal_self", "trainer=smoke", "trainer.steps=2", "task.train_examples=64", f"results_dir={results}"]
+    for attention in ("softmax", "linear"):
+        for seed in (0, 1):
+            run_job(_compose(base + [f"attention={attention}", f"seed={seed}"]))
+    run_job(_compose(base + ["attention=linear", "seed=2", "debug.fail=oom"]))
+    return results
+
+
+def test_build_from_real_records(real_results, tmp_path):
+    out = tmp_path / "site"
+    summary = leaderboard.build(real_results, out, normalisation=tmp_path / "none.json", warn=lambda m: None)
+    assert summary["records"] == 5 and summary["skipped"] == 0
+    for page in leaderboard.PAGES:
+        assert (out / page).exists()
+    assert (out / "assets" / "common.js").exists() and (out / "assets" / "cab.css").exists()
+    table = table_of(out, "causal_self", scale="smoke")
+    assert table["hardware"] and table["scale"] == "smoke"
+    assert [r["attention"] for r in table["rows"]] == ["linear", "softmax"]
+    cells = {(c["row"].split("\x00")[0], c["task"]): c for c in table["cells"]}
+    soft = cells[("softmax", "mqar")]
+    values = [json.loads(p.read_text())["metrics"]["accuracy"] for p in real_results.glob("*.json")
+              if json.loads(p.read_text())["attention"] == "softmax"]
+    mean = sum(values) / 2
+    assert soft["status"] == "ok" and soft["metrics"]["accuracy"][0] == pytest.approx(mean)
+    assert soft["metrics"]["accuracy"][1] == pytest.approx(abs(values[0] - values[1]) / math.sqrt(2))
+    assert soft["metrics"]["accuracy"][2] == 2
+    # the injected OOM seed is counted beside the two finished ones, not averaged and not hidden
+    lin = cells[("linear", "mqar")]
+    assert lin["counts"] == {"ok": 2, "oom": 1} and lin["metrics"]["accuracy"][2] == 2
+    assert any(run[2] == "oom" for run in lin["runs"])
+    # the baseline from reference_metrics becomes a reference row on the accuracy column
+    assert table["references"] == [{"label": "guess a context value", "values": {"mqar": {"accuracy": 0.25}}}]
+    assert table["tasks"]["mqar"]["metric_info"]["loss"]["higher_is_better"] is False
+    # every run has a page entry with its command, config and environment
+    _, index = read_js(out / "data" / "index.js")
+    for path in real_results.glob("*.json"):
+        rec = json.loads(path.read_text())
+        shard = lbd.run_shard(rec["run_id"], index["run_shards"])
+        _, runs = read_js(out / "data" / "runs" / f"{shard}.js")
+        run = runs[rec["run_id"]]
+        assert run["command"] == rec["command"] and run["config"] == rec["config"] and run["env"]["git_commit"] == rec["env"]["git_commit"]
+        assert run["scale"] == "smoke" and run["hardware"] == rec["hardware"]
+
+
+def test_cli_build_and_errors(real_results, tmp_path, capsys):
+    out = tmp_path / "site"
+    assert leaderboard.main(["build", "--results", str(real_results), "--out", str(out), "--normalisation", str(tmp_path / "n.json")]) == 0
+    assert "Built" in capsys.readouterr().out
+    for argv, needle in ((["build", "--results", str(tmp_path / "missing")], "does not exist"),
+                         (["frobnicate"], "invalid choice"), ([], "choose a command"),
+                         (["serve", "--dir", str(tmp_path / "nothing")], "no index.html"),
+                         (["serve", "--dir", str(out), "--port", "99999"], "not in 0..65535"),
+                         (["build", "--bogus"], "unrecognized")):
+        assert leaderboard.main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and needle in err and err.startswith("cab leaderboard: error:"), err
+
+
+def test_cab_command_dispatches(tmp_path):
+    results = write_records([train_record("softmax", "mqar", "causal_self")], tmp_path / "r")
+    proc = subprocess.run([sys.executable, "-m", "cab.cli", "leaderboard", "build", "--results", str(results), "--out", str(tmp_path / "s")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "s" / "index.html").exists()
+
+
+def test_serve(tmp_path):
+    out, _ = build(tmp_path, [train_record("softmax", "mqar", "causal_self")])
+    proc = subprocess.Popen([sys.executable, "-m", "cab.cli", "leaderboard", "serve", "--dir", str(out), "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        url = re.search(r"http://127\.0\.0\.1:\d+/", line).group(0)
+        body = urllib.request.urlopen(url + "index.html", timeout=10).read().decode()
+        assert "cab leaderboard" in body
+        assert urllib.request.urlopen(url + "data/index.js", timeout=10).status == 200
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+# ------------------------------------------------------------------------------------------------
+# untrusted input
+
+
+EVIL = ['<script>window.__xss=1</script>', '"><img src=x onerror="window.__xss=2">', "</script><!--", "'; alert(1); '", "&amp;<b>bold</b>"]
+
+
+def test_record_strings_are_escaped(tmp_path):
+    records = []
+    for i, s in enumerate(EVIL):
+        r = train_record(f"att{i}{s}", f"task{s}", "causal_self", seed=0)
+        r["metric_info"] = {f"acc{s}": {"higher_is_better": True, "description": s}}
+        r["metrics"] = {f"acc{s}": 0.5}
+        r["primary_metric"] = f"acc{s}"
+        r["command"] = f"cab run {s}"
+        r["config"]["attention"]["evil"] = s
+        records.append(r)
+    failed = train_record("x<script>", "mqar", "causal_self", status="failed")
+    failed["error"] = {"type": "RuntimeError", "message": "</script><script>window.__xss=3</script>", "traceback": "<!-- -->"}
+    records.append(failed)
+    unsupported = train_record("y", "mqar", "causal_self", status="unsupported")
+    unsupported["reason"] = "<img src=x onerror=alert(1)>"
+    records.append(unsupported)
+    out, summary = build(tmp_path, records)
+    assert summary["skipped"] == 0
+    for path in (out / "data").rglob("*.js"):
+        text = path.read_text()
+        for needle in ("<script", "</script", "<!--", "<img", "<b>"):
+            assert needle not in text.lower(), (path, needle)
+        key, value = read_js(path)  # and the strings survive unchanged through the escaping
+    table = table_of(out, "causal_self")
+    assert {r["attention"] for r in table["rows"]} >= {f"att{i}{s}" for i, s in enumerate(EVIL)}
+    cells = {c["row"].split("\x00")[0]: c for c in table["cells"]}
+    assert cells["x<script>"]["note"] == "RuntimeError: </script><script>window.__xss=3</script>"
+    assert cells["y"]["note"] == "<img src=x onerror=alert(1)>"
+    # Python-written HTML holds no record string
+    for page in leaderboard.PAGES:
+        html = (out / page).read_text()
+        assert "__xss" not in html and "onerror" not in html
+    # the JavaScript never assigns HTML
+    for js in (out / "assets").glob("*.js"):
+        code = js.read_text()
+        for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(", "new Function"):
+            assert sink not in code, (js.name, sink)
+
+
+def test_js_json_escapes_script_breakers():
+    text = leaderboard.js_json({"a": "</script><!--x-->", "b": "\u2028&"})
+    assert "<" not in text and ">" not in text and "&" not in text and "\u2028" not in text
+    assert json.loads(text) == {"a": "</script><!--x-->", "b": "\u2028&"}
+
+
+def test_malformed_files_are_reported_and_skipped(tmp_path, capsys):
+    results = write_records([train_record("softmax", "mqar", "causal_self")], tmp_path / "results")
+    sub = results / "nested" / "deeper"
+    sub.mkdir(parents=True)
+    (sub / "truncated.json").write_text('{"schema": "cab.result/1", "kind": "tra')
+    (results / "unknown_schema.json").write_text(json.dumps(dict(train_record("a", "mqar", "causal_self"), schema="cab.result/99")))
+    (results / "list.json").write_text("[1, 2, 3]")
+    (results / "bad_types.json").write_text(json.dumps(dict(train_record("b", "mqar", "causal_self"), attention=["x"])))
+    (results / "empty.json").write_text("")
+    bad_status = dict(train_record("c", "mqar", "causal_self"), status="exploded")
+    (results / "bad_status.json").write_text(json.dumps(bad_status))
+    assert leaderboard.main(["build", "--results", str(results), "--out", str(tmp_path / "site"), "--normalisation", str(tmp_path / "n.json")]) == 0
+    err = capsys.readouterr().err
+    for name in ("truncated.json", "unknown_schema.json", "list.json", "bad_types.json", "empty.json", "bad_status.json"):
+        assert name in err, name
+    _, index = read_js(tmp_path / "site" / "data" / "index.js")
+    assert index["records"] == 1 and index["skipped_count"] == 6
+
+
+def test_non_numeric_metrics_and_duplicates(tmp_path):
+    a = train_record("softmax", "mqar", "causal_self", seed=0, metrics={"accuracy": 0.5, "loss": "oops"})
+    b = dict(train_record("softmax", "mqar", "causal_self", seed=1, metrics={"accuracy": float("nan"), "loss": 1.0}))
+    copy = dict(a, started_at="2027-01-01T00:00:00+00:00", metrics={"accuracy": 0.7, "loss": 1.0})
+    results = write_records([a, b], tmp_path / "results")
+    (results / "copy").mkdir()
+    (results / "copy" / "dup.json").write_text(json.dumps(copy))
+    warnings = []
+    leaderboard.build(results, tmp_path / "site", normalisation=tmp_path / "n.json", warn=warnings.append)
+    assert any("duplicate run_id" in w for w in warnings)
+    cell = table_of(tmp_path / "site", "causal_self")["cells"][0]
+    assert cell["metrics"]["accuracy"] == [0.7, None, 1]  # the later duplicate kept; NaN dropped
+    assert "loss" in cell["metrics"] and cell["metrics"]["loss"][2] == 2
+
+
+# ------------------------------------------------------------------------------------------------
+# cells, statuses, references
+
+
+def test_statuses_are_never_blank(tmp_path):
+    records = [train_record("softmax", "mqar", "causal_self")]
+    for status in ("unsupported", "failed", "oom", "nan", "timeout"):
+        records.append(train_record(status + "_att", "mqar", "causal_self", status=status))
+    out, _ = build(tmp_path, records)
+    cells = {c["row"].split("\x00")[0]: c for c in table_of(out, "causal_self")["cells"]}
+    assert cells["unsupported_att"]["status"] == "unsupported"
+    assert cells["unsupported_att"]["note"] == "unsupported_att has no form for causal self attention"
+    assert cells["oom_att"]["note"].startswith("OutOfMemoryError: CUDA out of memory")
+    for status in ("failed", "nan", "timeout"):
+        assert cells[status + "_att"]["status"] == status and cells[status + "_att"]["note"]
+        assert cells[status + "_att"]["metrics"] == {}
+
+
+def test_reference_rows_follow_metric_prefix(tmp_path):
+    out, _ = build(tmp_path, [train_record("softmax", "forecasting", "noncausal_cross"), train_record("softmax", "lm", "causal_self")])
+    assert table_of(out, "noncausal_cross")["references"] == [{"label": "last value", "values": {"forecasting": {"mse": 1.25, "mae": 0.95}}}]
+    assert table_of(out, "causal_self")["references"] == [{"label": "unigram", "values": {"lm": {"perplexity": 210.0}}}]
+
+
+def test_reference_names_map_to_metrics():
+    # "mse_last_value" is the mse of the last-value baseline; a name with no metric prefix is in the primary metric
+    tasks = {"t": {"primary_metric": "mse", "metric_info": {"mse": {}, "mae": {}, "mae_scaled": {}},
+                   "references": {"mse_last_value": 1.0, "mae_scaled_last_value": 2.0, "chance": 0.1}}}
+    rows = {r["label"]: r["values"]["t"] for r in lbd._reference_rows(tasks)}
+    assert rows == {"chance": {"mse": 0.1}, "last value": {"mse": 1.0, "mae_scaled": 2.0}}
+
+
+# ------------------------------------------------------------------------------------------------
+# the aggregate
+
+
+def _known_table():
+    """Two attentions, two tasks: t1 has acc (higher better) and err (lower better), t2 has acc."""
+    def cell(row, task, metrics, status="ok"):
+        return {"row": row, "task": task, "status": status, "metrics": {k: [v, None, 1] for k, v in metrics.items()}}
+
+    return {
+        "scale": "cpu", "pattern": "causal_self",
+        "rows": [{"id": "A", "attention": "A", "variant": ""}, {"id": "B", "attention": "B", "variant": ""}],
+        "tasks": {"t1": {"metric_info": {"acc": {"higher_is_better": True}, "err": {"higher_is_better": False}, "loss": {"higher_is_better": False}}},
+                  "t2": {"metric_info": {"acc": {"higher_is_better": True}}}},
+        "cells": [cell("A", "t1", {"acc": 0.9, "err": 0.1, "loss": 0.3}), cell("A", "t2", {"acc": 0.6}),
+                  cell("B", "t1", {"acc": 0.5, "err": 0.3, "loss": 0.9}), cell("B", "t2", {}, status="failed")],
+    }
+
+
+def test_aggregate_on_known_numbers():
+    norm = {"version": 1, "constants": {"cpu": {"causal_self": {
+        "t1": {"acc": {"mean": 0.7, "std": 0.2, "higher_is_better": True}, "err": {"mean": 0.2, "std": 0.1, "higher_is_better": False}},
+        "t2": {"acc": {"mean": 0.5, "std": 0.05, "higher_is_better": True}}}}}}
+    agg = lbd.aggregate_table(_known_table(), norm)
+    a, b = agg["rows"]["A"], agg["rows"]["B"]
+    # A: t1 = mean(+(0.9-0.7)/0.2, -(0.1-0.2)/0.1) = mean(1, 1) = 1; t2 = (0.6-0.5)/0.05 = 2; CI = 1.5
+    assert a["task_scores"] == {"t1": pytest.approx(1.0), "t2": pytest.approx(2.0)}
+    assert a["score"] == pytest.approx(1.5) and a["complete"]
+    # B: t1 = mean(-1, -1) = -1; t2 failed -> partial aggregate over the one task it finished
+    assert b["task_scores"] == {"t1": pytest.approx(-1.0)} and b["score"] == pytest.approx(-1.0)
+    assert not b["complete"] and b["tasks_used"] == 1
+    # no constants for another scale: no aggregate rather than a made-up one
+    assert lbd.aggregate_table(dict(_known_table(), scale="paper"), norm)["rows"] == {}
+
+
+def test_freeze_normalisation_on_known_numbers():
+    frozen = lbd.freeze_normalisation([_known_table()])
+    t1 = frozen["constants"]["cpu"]["causal_self"]["t1"]
+    assert t1["acc"]["mean"] == pytest.approx(0.7) and t1["acc"]["std"] == pytest.approx(0.2)  # population std
+    assert t1["err"]["higher_is_better"] is False and t1["err"]["std"] == pytest.approx(0.1)
+    assert "loss" not in t1  # the training objective is not aggregated
+    assert "t2" not in frozen["constants"]["cpu"]["causal_self"]  # one finished attention: no spread
+    assert lbd.check_normalisation(frozen) == []
+    # frozen constants reproduce z = ±1 for the two attentions
+    agg = lbd.aggregate_table(_known_table(), frozen)
+    assert agg["rows"]["A"]["score"] == pytest.approx(1.0) and agg["rows"]["B"]["score"] == pytest.approx(-1.0)
+
+
+def test_freeze_cli_writes_once_and_site_publishes_it(tmp_path, capsys):
+    results = write_records(demo_records(seeds=2), tmp_path / "results")
+    norm = tmp_path / "lb" / "normalisation-v3.json"
+    argv = ["build", "--results", str(results), "--out", str(tmp_path / "site"), "--normalisation", str(norm), "--freeze-normalisation", "-q"]
+    assert leaderboard.main(argv) == 0
+    frozen = json.loads(norm.read_text())
+    assert frozen["version"] == 3 and frozen["schema"] == lbd.NORMALISATION_SCHEMA
+    assert set(frozen["constants"]["cpu"]) == {"noncausal_self", "causal_self", "noncausal_cross", "causal_cross"}
+    assert (tmp_path / "site" / "data" / "normalisation-v3.json").read_text() == norm.read_text()
+    _, index = read_js(tmp_path / "site" / "data" / "index.js")
+    assert index["normalisation"]["version"] == 3
+    table = table_of(tmp_path / "site", "noncausal_self")
+    assert table["aggregate"]["tasks"] == ["forecasting", "listops", "mqar"]
+    assert all(r["score"] is not None for r in table["aggregate"]["rows"].values())
+    capsys.readouterr()
+    # frozen means frozen: a second freeze into the same file is refused
+    assert leaderboard.main(argv) == 2
+    assert "never overwritten" in capsys.readouterr().err
+
+
+def test_sort_direction_is_in_the_data(tmp_path):
+    """The site sorts best-first by metric_info[m].higher_is_better (checked in the browser test);
+    here: the direction reaches the data, and a lower-is-better metric's z-score is sign-flipped."""
+    out, _ = build(tmp_path, [train_record(a, "forecasting", "noncausal_self", seed=s) for a in ("softmax", "linear") for s in (0, 1)])
+    table = table_of(out, "noncausal_self")
+    info = table["tasks"]["forecasting"]
+    assert info["primary_metric"] == "mse" and info["metric_info"]["mse"]["higher_is_better"] is False
+    assert lbd.zscore(0.3, 0.5, 0.1, higher_is_better=False) == pytest.approx(2.0)
+    assert lbd.zscore(0.3, 0.5, 0.1, higher_is_better=True) == pytest.approx(-2.0)
+
+
+# ------------------------------------------------------------------------------------------------
+# efficiency
+
+
+def test_efficiency_groups_and_lengths(tmp_path):
+    recs = [efficiency_record(a, "causal_self") for a in ("softmax", "linear", "based")]
+    recs.append(efficiency_record("linear", "causal_self", hardware="NVIDIA H100 80GB HBM3"))
+    eff = lbd.build_efficiency(recs)
+    assert len(eff["groups"]) == 2
+    cpu = next(g for g in eff["groups"] if g["hardware"] == "cpu-2c")
+    lines = {line["attention"]: line for line in cpu["patterns"]["causal_self"]}
+    assert [p["status"] for p in lines["softmax"]["points"]][-1] == "oom"
+    assert lines["softmax"]["time_exponent"] == 2.0
+    if eff["available"]:
+        el = lines["linear"]["efficiency_lengths"]["softmax"]
+        assert set(el) == {"time", "memory"} and set(el["time"]) == {"cab_fit", "crossing"}
+        assert el["time"]["cab_fit"] is None or el["time"]["cab_fit"] > 0
+        assert lines["softmax"]["efficiency_lengths"] == {}  # a baseline has no length against itself
+
+
+def test_efficiency_without_lengths_function(monkeypatch):
+    monkeypatch.setattr(lbd, "_efficiency_lengths_fn", lambda: None)
+    eff = lbd.build_efficiency([efficiency_record(a, "causal_self") for a in ("softmax", "linear")])
+    assert eff["available"] is False
+    assert all(line["efficiency_lengths"] == {} for g in eff["groups"] for ls in g["patterns"].values() for line in ls)
+
+
+def test_run_shard_hash_is_stable():
+    # the site's JavaScript computes the same FNV-1a (tests/test_leaderboard_browser.py opens runs by it)
+    assert lbd.fnv1a("") == 0x811C9DC5
+    assert lbd.fnv1a("a") == 0xE40C292C
+    assert lbd.run_shard("af161951461664d6") == f"{lbd.fnv1a('af161951461664d6') % 256:02x}"
