@@ -68,7 +68,8 @@ def window_attention(
     labels: torch.Tensor | None = None,
     self_score: float | None = None,
     scale: float | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    need_lse: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Softmax attention of position i over positions j with i-before <= j <= i+after, in blocks.
 
     Queries are cut into blocks of C; each block reads one span of C+before+after keys (an unfold
@@ -78,7 +79,8 @@ def window_attention(
     q, k: (B, H, L, D)  v: (B, H, L, Dv)  key_valid: bool broadcastable to (B, H, L), True = may be
     attended; labels: (B, H, L) ints, only equal labels attend (Reformer's buckets); self_score:
     the score given to j == i (Reformer's "not itself unless alone").
-    -> out (B, H, L, Dv), lse (B, H, L).   FLOPs: `window_attention_flops`.
+    -> out (B, H, L, Dv), lse (B, H, L) (None unless need_lse); a query with no allowed key gets
+    lse ≈ finfo.min and a meaningless output.   FLOPs: `window_attention_flops`.
     """
     b, h, length, d = q.shape
     dv = v.shape[-1]
@@ -88,7 +90,7 @@ def window_attention(
     lp = n * c
     span = c + before + after
     scale = d**-0.5 if scale is None else scale
-    qb = F.pad(q, (0, 0, 0, lp - length)).view(b, h, n, c, d) * scale
+    qb = (F.pad(q, (0, 0, 0, lp - length)) if lp > length else q).reshape(b, h, n, c, d) * scale
     kp = F.pad(k, (0, 0, before, lp - length + after))  # (B, H, Lp+before+after, D)
     vp = F.pad(v, (0, 0, before, lp - length + after))
     k_unf = kp.unfold(2, span, c)  # (B, H, n, D, span)
@@ -101,25 +103,33 @@ def window_attention(
     s = torch.arange(span, device=dev)
     pos_q = blk[:, None] * c + t[None, :]  # (n, C)
     pos_k = blk[:, None] * c - before + s[None, :]  # (n, span)
-    allowed = ((pos_k >= 0) & (pos_k < length))[:, None, :]  # (n, 1, span)
+    blocked = ((pos_k < 0) | (pos_k >= length))[:, None, :]  # (n, 1, span): outside the sequence
+    if labels is not None and not exact:  # padded labels never match: the range check is implied
+        blocked = torch.zeros(1, 1, 1, dtype=torch.bool, device=dev)
     if exact:
         rel = pos_k[:, None, :] - pos_q[:, :, None]  # (n, C, span)
-        allowed = allowed & (rel >= -before) & (rel <= after)
-    allowed = allowed.expand(n, c, span)[None, None]  # (1, 1, n, C, span)
+        blocked = blocked | (rel < -before) | (rel > after)
+    blocked = blocked.expand(n, c, span)[None, None] if blocked.dim() == 3 else blocked
     if key_valid is not None:
         kv = key_valid.expand(b, h, length) if key_valid.dim() == 3 else key_valid[:, None, :].expand(b, h, length)
         kv = F.pad(kv, (before, lp - length + after), value=False).unfold(2, span, c)  # (B, H, n, span)
-        allowed = allowed & kv[:, :, :, None, :]
+        blocked = blocked | ~kv[:, :, :, None, :]
     if labels is not None:
         lq = F.pad(labels, (0, lp - length), value=-1).view(b, h, n, c)
         lk = F.pad(labels, (before, lp - length + after), value=-2).unfold(2, span, c)
-        allowed = allowed & (lq[..., :, None] == lk[..., None, :])
+        blocked = blocked | (lq[..., :, None] != lk[..., None, :])
     if self_score is not None:
         is_self = (pos_k[:, None, :] == pos_q[:, :, None])[None, None]
-        scores = torch.where(is_self & allowed, torch.full_like(scores, self_score), scores)
-    p, lse = masked_softmax_lse(scores, allowed)
+        scores.masked_fill_(is_self, self_score)  # scores is this function's own tensor
+    # finite fill: a row with nothing allowed gets lse ≈ finfo.min (weight 0 when merged), no NaN
+    scores.masked_fill_(blocked, torch.finfo(scores.dtype).min)
+    p = torch.softmax(scores, dim=-1)
+    lse = None
+    if need_lse:  # lse = s_j − log p_j at the row's max: two reductions instead of a logsumexp pass
+        lse = scores.amax(dim=-1) - torch.log(p.amax(dim=-1))
     out = p @ v_unf  # (B, H, n, C, Dv)
-    return out.reshape(b, h, lp, dv)[:, :, :length], lse.reshape(b, h, lp)[:, :, :length]
+    out = out.reshape(b, h, lp, dv)[:, :, :length]
+    return out, (lse.reshape(b, h, lp)[:, :, :length] if need_lse else None)
 
 
 def window_attention_flops(length: int, d: int, dv: int, before: int, after: int, block: int | None = None) -> int:

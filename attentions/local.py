@@ -42,7 +42,7 @@ class LocalAttention(MultiHeadAttention):
 
     def attend(self, q, k, v, key_padding_mask):
         valid = None if key_padding_mask is None else ~key_padding_mask  # (B, L)
-        out, _ = window_attention(q, k, v, self.window, self._after, key_valid=valid)
+        out, _ = window_attention(q, k, v, self.window, self._after, key_valid=valid, need_lse=False)
         return out  # (B, H, L, Dh)
 
     def core_flops(self, batch: int, len_q: int, len_k: int) -> int:

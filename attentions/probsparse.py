@@ -70,8 +70,8 @@ class ProbSparseAttention(MultiHeadAttention):
         m_parts = []
         for start in range(0, len_q, self.query_chunk):
             stop = min(start + self.query_chunk, len_q)
-            idx = key_idx[:, start * s : stop * s][:, None, :, None].expand(b, h, -1, d)
-            k_s = torch.gather(k, 2, idx).view(b, h, stop - start, s, d)  # (B, H, chunk, s, Dh)
+            k_s = torch.stack([k[i].index_select(1, key_idx[i, start * s : stop * s]) for i in range(b)])
+            k_s = k_s.view(b, h, stop - start, s, d)  # (B, H, chunk, s, Dh)
             qk = torch.einsum("bhqd,bhqsd->bhqs", q[:, :, start:stop], k_s)  # (B, H, chunk, s)
             m_parts.append(qk.amax(-1) - qk.sum(-1) / n_k[:, None, None].to(qk.dtype))
         m = torch.cat(m_parts, dim=-1)  # (B, H, Lq)

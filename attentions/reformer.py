@@ -5,8 +5,9 @@ ICLR 2020), with shared query-key projections.
     for each of `num_hashes` rounds r:
         h_r(x) = argmax([xR_r; −xR_r])   R_r: (Dh, nb/2) random rotation      -> bucket per token
         sort tokens by (bucket, position)                                  (B, H, L)
-        in sorted order, token p attends to the tokens of its own bucket among sorted positions
-        [p − b, p + b] (b = `bucket_size`; causal: [p − 2b, p], earlier positions only), never to
+        in sorted order, a block of 32 tokens attends to the tokens of its own bucket among the
+        sorted positions from b before to b after the block (b = `bucket_size`; causal: token p
+        reads sorted positions [p − 2b, p], earlier positions only), never to
         itself unless it has nothing else (score −5·10⁴), softmax over that set   -> o_r, lse_r
         unsort
     O = Σ_r softmax_r(lse_r) o_r                                     (rounds combined by their lse)
@@ -18,10 +19,12 @@ causal self needs — with a bucket count that does not depend on the length: `n
 (default 64 for causal self, as for L = 4096 at b = 64). Rotations come from a generator seeded by
 a buffer drawn at init (eval is deterministic); training draws a fresh seed per call. Padded
 tokens get their own last bucket and are masked. Memory O(L·b) per round, rounds run one at a
-time; no L×L tensor. Defaults: b = 64, 8 hashes (the reference implementation's).
+time; no L×L tensor. Defaults: b = 64 (the paper's and the reference implementation's), 2 hash
+rounds (the paper evaluates 1 to 8, quality rising with rounds and cost linear in them; with 4+
+rounds this CPU implementation is no faster than exact attention at 4K tokens).
 Cross patterns are unsupported: shared QK needs one sequence (one hash space).
 FLOPs: QK/V/output projections 3·2·L·dim²; per round and head hashing 2·L·Dh·nb/2 and the
-windowed products (blocks of 64 over a span of 64 + window); sorting is not a matrix product.
+windowed products (blocks of 32 over a span of 32 + window); sorting is not a matrix product.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from ._part1_common import window_attention, window_attention_flops
 
 _NO_CROSS = "shared query-key hashing needs one sequence (one hash space for queries and keys)"
 SELF_SCORE = -5e4
+BLOCK = 32  # query block of the sorted-order window
 
 
 @register_attention(
@@ -42,7 +46,7 @@ SELF_SCORE = -5e4
     unsupported={Pattern.NONCAUSAL_CROSS: _NO_CROSS, Pattern.CAUSAL_CROSS: _NO_CROSS},
 )
 class ReformerAttention(MultiHeadAttention):
-    def __init__(self, dim: int, num_heads: int, pattern: Pattern, bucket_size: int = 64, num_hashes: int = 8,
+    def __init__(self, dim: int, num_heads: int, pattern: Pattern, bucket_size: int = 64, num_hashes: int = 2,
                  num_buckets: int | None = None):
         super().__init__(dim, num_heads, pattern)
         del self.k_proj  # shared QK: q_proj produces both
@@ -75,19 +79,23 @@ class ReformerAttention(MultiHeadAttention):
         valid_h = valid[:, None, :].expand(b, h, length)
         before, after = self._extent()
         acc = lse_acc = None
+        base = (torch.arange(b * h, device=x.device) * length).view(b, h, 1)  # row offsets of (B·H·L)
+        flat = [t.reshape(b * h * length, -1) for t in (qk, k_hat, v)]
         for r in range(self.num_hashes):
             rotated = qk @ rot[r]  # (B, H, L, nb/2)
-            bucket = torch.cat([rotated, -rotated], dim=-1).argmax(dim=-1)  # (B, H, L)
+            hi, lo = rotated.max(dim=-1), rotated.min(dim=-1)  # argmax over [xR; −xR] without the concat
+            bucket = torch.where(hi.values >= -lo.values, hi.indices, lo.indices + nb // 2)  # (B, H, L)
             bucket = torch.where(valid_h, bucket, torch.full_like(bucket, nb))  # padding: its own last bucket
             order = torch.argsort(bucket * length + pos, dim=-1)  # sort by (bucket, position)
-            idx = order[..., None].expand(b, h, length, d)
-            q_s, k_s, v_s = (torch.gather(t, 2, idx) for t in (qk, k_hat, v))
+            rows = (order + base).reshape(-1)
+            q_s, k_s, v_s = (t.index_select(0, rows).view(b, h, length, -1) for t in flat)
             out_s, lse_s = window_attention(
-                q_s, k_s, v_s, before, after, key_valid=torch.gather(valid_h, 2, order),
-                labels=torch.gather(bucket, 2, order), self_score=SELF_SCORE,
-            )
-            out_r = torch.empty_like(out_s).scatter_(2, idx, out_s)  # unsort
-            lse_r = torch.empty_like(lse_s).scatter_(2, order, lse_s)
+                q_s, k_s, v_s, before, after, block=BLOCK, exact=self.causal, labels=torch.gather(bucket, 2, order), self_score=SELF_SCORE,
+            )  # padding is its own bucket, so the labels also mask it
+            inverse = torch.empty_like(order).scatter_(2, order, pos.expand(b, h, length))
+            back = (inverse + base).reshape(-1)
+            out_r = out_s.reshape(b * h * length, d).index_select(0, back).view(b, h, length, d)  # unsort
+            lse_r = torch.gather(lse_s, 2, inverse)
             if acc is None:
                 acc, lse_acc = out_r, lse_r
             else:  # running softmax over rounds
@@ -103,7 +111,7 @@ class ReformerAttention(MultiHeadAttention):
     def core_flops(self, batch: int, len_q: int, len_k: int) -> int:
         d, nb = self.head_dim, self._buckets(len_q)
         before, after = self._extent()
-        per_round = 2 * len_q * d * (nb // 2) + window_attention_flops(len_q, d, d, before, after)
+        per_round = 2 * len_q * d * (nb // 2) + window_attention_flops(len_q, d, d, before, after, BLOCK)
         return batch * self.num_heads * self.num_hashes * per_round
 
     def extra_repr(self) -> str:

@@ -43,7 +43,7 @@ _NO_CROSS = "a state-space mixer has no query/key split: there is no second sequ
 )
 class S4DMixer(AttentionLayer):
     def __init__(self, dim: int, num_heads: int, pattern: Pattern, d_state: int = 16, dt_min: float = 1e-3,
-                 dt_max: float = 0.1, kernel_block: int = 2048):
+                 dt_max: float = 0.1, kernel_block: int = 256):
         super().__init__(dim, num_heads, pattern)
         self.d_state = d_state
         self.kernel_block = kernel_block
@@ -64,14 +64,20 @@ class S4DMixer(AttentionLayer):
         return dta, c * (torch.exp(dta) - 1) / a
 
     def kernel(self, length: int) -> torch.Tensor:
-        """K_l = 2·Re(Σ_n C'_n exp(dt A_n · l)), (copies, dim, L), computed in blocks of positions."""
+        """K_l = 2·Re(Σ_n C'_n Ā_n^l), (copies, dim, L). The Vandermonde block Ā^j (j < blk) is
+        computed once; block i reuses it with the coefficients C'·Ā^(i·blk) (elementwise, no exp
+        over the whole (dim, N/2, L) grid, memory O(dim·N·blk))."""
         dta, cp = self._discrete()
+        blk = min(self.kernel_block, length)
+        j = torch.arange(blk, device=dta.device, dtype=dta.real.dtype)
+        vand = torch.exp(dta[:, :, None] * j)  # (dim, N/2, blk)
+        v_re, v_im = vand.real, vand.imag
         blocks = []
-        for start in range(0, length, self.kernel_block):
-            pos = torch.arange(start, min(start + self.kernel_block, length), device=dta.device, dtype=torch.float32)
-            vand = torch.exp(dta[:, :, None] * pos)  # (dim, N/2, l)
-            blocks.append(2 * (cp[..., None] * vand).real.sum(-2))  # elementwise + sum: not a matmul
-        return torch.cat(blocks, dim=-1)
+        for start in range(0, length, blk):
+            coef = cp * torch.exp(dta * start)  # (copies, dim, N/2)
+            part = coef.real[..., None] * v_re - coef.imag[..., None] * v_im  # Re(coef·Ā^j)
+            blocks.append(2 * part.sum(-2))  # elementwise + sum: not a matmul
+        return torch.cat(blocks, dim=-1)[..., :length]
 
     def mix_conv(self, u: torch.Tensor) -> torch.Tensor:
         """Convolution form: u (B, dim, L) -> y (B, dim, L), without D·u."""
