@@ -120,6 +120,9 @@ def build(results: str | Path = "results", out: str | Path = "site", normalisati
         warn(f"froze normalisation v{version} ({sum(len(t) for p in frozen['constants'].values() for t in p.values())} "
              f"scale x pattern tables) into {norm_path}")
     norm = read_normalisation(norm_path)
+    if norm is None:
+        warn(f"no normalisation file at {norm_path}: the site shows per-task scores but no aggregate "
+             f"(freeze one with --freeze-normalisation)")
 
     tables = data.build_tables(records, norm, warn=warn)
     efficiency = data.build_efficiency(records, warn=warn)

@@ -489,6 +489,21 @@ def _add_variant_labels(lines: list[dict[str, Any]]) -> None:
         line["variant"] = labels[json.dumps(line["hparams"], sort_keys=True, default=str)]
 
 
+def _no_crossing(method: list[dict[str, Any]], base: list[dict[str, Any]], key: str) -> dict[str, Any] | None:
+    """Why the measured curves have no crossing, for the reader: the method is already cheaper at the
+    shortest common length ("below", with that length), or still dearer at the longest ("above")."""
+    m = {p["length"]: p[key] for p in method if p["status"] == "ok" and p[key] is not None}
+    b = {p["length"]: p[key] for p in base if p["status"] == "ok" and p[key] is not None}
+    common = sorted(set(m) & set(b))
+    if len(common) < 2:
+        return None
+    if m[common[-1]] > b[common[-1]]:
+        return {"side": "above", "length": common[-1]}
+    if all(m[n] <= b[n] for n in common):
+        return {"side": "below", "length": common[0]}
+    return None
+
+
 def _lengths(fn, line, lines, warn) -> dict[str, Any]:
     """{baseline: {time: {cab_fit, crossing}, memory: {...}}} for each baseline curve in the group."""
     if fn is None or line["status"] != "ok":
@@ -503,6 +518,8 @@ def _lengths(fn, line, lines, warn) -> dict[str, Any]:
             try:
                 res = fn(line["points"], ref["points"], key) or {}
                 entry[name] = {"cab_fit": _number(res.get("cab_fit")), "crossing": _number(res.get("crossing"))}
+                if entry[name]["crossing"] is None:
+                    entry[name]["crossing_note"] = _no_crossing(line["points"], ref["points"], key)
             except Exception as exc:  # noqa: BLE001 - one bad fit must not stop the build
                 if warn:
                     warn(f"efficiency length of {line['attention']} vs {base} ({name}) failed: {exc}")

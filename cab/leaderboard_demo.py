@@ -92,10 +92,11 @@ def efficiency_record(attention: str, pattern: str, hardware: str = "cpu-2c", di
                       lengths=(256, 512, 1024, 2048, 4096, 8192), memory_limit: float = 2e9) -> dict[str, Any]:
     """One `kind: efficiency` record (the shape `cab bench` writes): power-law time and memory, OOM past a limit."""
     _, te, me = ATTENTIONS.get(attention, (0.5, 1.0, 1.0))
-    c_t = 2e-10 if te >= 2 else 3e-7
+    spread = 1 + 0.35 * (int(hashlib.sha256(attention.encode()).hexdigest(), 16) % 7)  # curves apart in the demo
+    c_t = 2e-10 if te >= 2 else 3e-7 * spread
     points = []
     for n in lengths:
-        mem = 4 * 512 * n * 8 + (8 * 4 * n * n if me >= 2 else 4096 * n * me)
+        mem = 4 * 512 * n * 8 + (8 * 4 * n * n if me >= 2 else 4096 * n * me * spread)
         t = c_t * n ** te + 2e-4
         if mem > memory_limit:
             points.append({"length": n, "status": "oom", "time_median_s": None, "time_iqr_s": None, "peak_memory_bytes": None,

@@ -106,5 +106,6 @@
   taskSel.addEventListener("change", () => { state.task = taskSel.value; draw(); CAB.setState(state); });
   axisSel.addEventListener("change", () => { state.axis = axisSel.value; draw(); CAB.setState(state); });
   search.addEventListener("input", () => { state.q = search.value; draw(); CAB.setState(state); });
+  window.addEventListener("hashchange", () => { for (const k of Object.keys(state)) delete state[k]; Object.assign(state, { axis: "flops_per_example" }, CAB.getState()); update(); });
   update();
 })();

@@ -75,7 +75,8 @@
           cols.push({ key: b + ":" + kind, label: kind + " EL", sub: "vs " + b + " ↓", hib: false, el: [b, kind],
             title: "CAB's efficiency length against " + b + " (" + kind + "): the larger root of " + b + "'s quadratic fit minus this attention's linear fit; below it, the measured crossing of the two curves",
             v: (l) => { const e = (l.efficiency_lengths || {})[b]; return e && e[kind] ? e[kind].cab_fit : null; },
-            crossing: (l) => { const e = (l.efficiency_lengths || {})[b]; return e && e[kind] ? e[kind].crossing : null; } });
+            crossing: (l) => { const e = (l.efficiency_lengths || {})[b]; return e && e[kind] ? e[kind].crossing : null; },
+            note: (l) => { const e = (l.efficiency_lengths || {})[b]; return e && e[kind] ? e[kind].crossing_note : null; } });
         }
       }
       const sortCol = cols.find((c) => c.key === state.sort) || cols[2];
@@ -89,8 +90,11 @@
           if (c.key === "status") return el("td", { title: l.note || null }, badge(l.status, l.note), l.note ? el("span", { class: "why", text: l.note }) : null);
           const v = c.v(l), missing = (x) => x === null || x === undefined || x === -Infinity;
           if (c.crossing) {
-            const x = c.crossing(l);
-            return el("td", {}, missing(v) ? "—" : fmt(Math.round(v), 6), el("span", { class: "pm", text: " · crossing " + (missing(x) ? "none" : fmt(Math.round(x), 6)) }));
+            const x = c.crossing(l), note = c.note(l);
+            // no crossing: cheaper already at the shortest length measured, or still dearer at the longest
+            const xs = !missing(x) ? fmt(Math.round(x), 6) : note ? (note.side === "below" ? "< " : "> ") + note.length : "n/a";
+            const title = !missing(x) ? "the measured curves cross at " + xs : note ? (note.side === "below" ? "cheaper than the baseline at every length measured" : "not cheaper than the baseline at the longest length measured") : "too few common lengths to compare";
+            return el("td", { title }, missing(v) ? "—" : fmt(Math.round(v), 6), el("span", { class: "pm", text: " · crossing " + xs }));
           }
           return el("td", { text: missing(v) ? "—" : c.key.startsWith("max") ? String(v) : fmt(v, 3) });
         })))));
@@ -115,5 +119,6 @@
   groupSel.addEventListener("change", () => { state.group = groupSel.value; state.pattern = ""; render(); });
   patSel.addEventListener("change", () => { state.pattern = patSel.value; draw(); CAB.setState(state); });
   search.addEventListener("input", () => { state.q = search.value; draw(); CAB.setState(state); });
+  window.addEventListener("hashchange", () => { for (const k of Object.keys(state)) delete state[k]; Object.assign(state, CAB.getState()); render(); });
   render().catch((e) => body.appendChild(el("div", { class: "empty", text: "Could not load data: " + e.message })));
 })();

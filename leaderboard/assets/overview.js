@@ -254,5 +254,7 @@
   taskSel.addEventListener("change", () => { state.task = taskSel.value; state.sort = ""; update(); });
   viewSel.addEventListener("change", () => { state.view = viewSel.value; drawTable(); CAB.setState(state); });
   search.addEventListener("input", () => { state.q = search.value; drawTable(); CAB.setState(state); });
+  // a link or the back button that changes only the #hash: read the state again
+  window.addEventListener("hashchange", () => { for (const k of Object.keys(state)) delete state[k]; Object.assign(state, { view: "raw" }, CAB.getState()); update(); });
   update();
 })();

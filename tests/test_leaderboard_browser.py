@@ -1,0 +1,225 @@
+"""The built site in a real browser: headless Chromium (Debian's `chromium`) driven by Playwright.
+
+Pages are opened from file://, as a user opening site/index.html would. Skipped, with the reason,
+when chromium or the playwright package is missing (.ci/install-browser installs both).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import shutil
+from pathlib import Path
+
+import pytest
+
+from cab import leaderboard
+from cab.leaderboard_demo import demo_records, efficiency_record, train_record, write_records
+
+CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
+try:
+    from playwright.sync_api import sync_playwright
+except ImportError:  # pragma: no cover - depends on the machine
+    sync_playwright = None
+
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None or sync_playwright is None,
+    reason="needs Debian's chromium and the playwright package (run .ci/install-browser)",
+)
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+EVIL_NAME = '<img src=x onerror="window.__xss=1">'
+EVIL_SCRIPT = "</script><script>window.__xss=2</script>"
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory) -> Path:
+    """A demo grid (every status, three seeds, reference rows, efficiency curves) plus records whose
+    names, reasons and errors are HTML and script, built with frozen normalisation constants."""
+    root = tmp_path_factory.mktemp("browser")
+    records = demo_records(seeds=3)
+    evil = train_record(EVIL_NAME, "mqar", "noncausal_self", seed=0)
+    evil["command"] = "cab run " + EVIL_SCRIPT
+    failed = train_record("evil_fail", "mqar", "noncausal_self", status="failed")
+    failed["error"] = {"type": "RuntimeError", "message": EVIL_SCRIPT, "traceback": "<!-- " + EVIL_SCRIPT}
+    unsupported = train_record("evil_unsupported", "mqar", "noncausal_self", status="unsupported")
+    unsupported["reason"] = "<svg onload=window.__xss=3>"
+    eff = efficiency_record(EVIL_NAME, "causal_self")
+    results = write_records(records + [evil, failed, unsupported, eff], root / "results")
+    out = root / "site"
+    leaderboard.build(results, out, normalisation=root / "normalisation-v1.json", freeze=True, warn=lambda m: None)
+    return out
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield b
+        b.close()
+
+
+class Page:
+    """A page that records console errors, uncaught exceptions and dialogs (alert() would be one)."""
+
+    def __init__(self, browser, site: Path):
+        self.context = browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
+        self.page = self.context.new_page()
+        self.site = site
+        self.errors: list[str] = []
+        self.dialogs: list[str] = []
+        self.page.on("console", lambda m: self.errors.append(f"console.{m.type}: {m.text}") if m.type in ("error", "warning") else None)
+        self.page.on("pageerror", lambda e: self.errors.append(f"pageerror: {e}"))
+        self.page.on("dialog", lambda d: (self.dialogs.append(d.message), d.dismiss()))
+
+    def open(self, path: str):
+        self.page.goto(f"file://{self.site}/{path}")
+        return self.page
+
+    def texts(self, selector: str) -> list[str]:
+        return self.page.eval_on_selector_all(selector, "els => els.map(e => e.textContent)")
+
+
+@pytest.fixture
+def page(browser, site):
+    p = Page(browser, site)
+    yield p
+    assert not p.dialogs, p.dialogs
+    assert p.page.evaluate("window.__xss") is None
+    p.context.close()
+
+
+def first_values(p: Page) -> list[float | None]:
+    """The sorted column's values, top to bottom (None for a status badge)."""
+    key = p.page.get_attribute("#board th.sorted", "data-key")
+    cols = p.texts("#board thead th")
+    i = [c.strip() for c in p.page.eval_on_selector_all("#board thead th", "els => els.map(e => e.dataset.key)")].index(key)
+    cells = p.page.eval_on_selector_all(f"#rows tr td:nth-child({i + 1})", "els => els.map(e => { const a = e.querySelector('a.val'); return a ? a.firstChild.textContent : null; })")
+    assert cols
+    return [float(c) if c is not None else None for c in cells]
+
+
+def test_overview_renders_tables(page):
+    p = page.open("index.html")
+    p.wait_for_selector("#rows tr")
+    attentions = page.texts("#rows td.name span:first-child")
+    assert len(attentions) == 12 + 3  # the demo's attentions plus the three hostile records
+    headers = page.texts("#board thead th")
+    assert headers[1].startswith("aggregate") and any(h.startswith("mqar") for h in headers)
+    # cells: mean ± std and the seed count; statuses as words with their reason, never blank
+    assert any("n=3" in t for t in page.texts("#rows td"))
+    assert "reference · guess a context value" not in page.texts("tbody.ref td:first-child")  # the prefix is CSS
+    assert "guess a context value" in page.texts("tbody.ref td:first-child")
+    assert "failed" in page.texts("#rows .badge") and "unsupported" in page.texts("#rows .badge")
+    assert "<svg onload=window.__xss=3>" in page.texts("#rows .why")
+    assert all(t.strip() for t in page.texts("#rows td"))
+    # the page says where its numbers come from and when it was built
+    context = p.text_content("#context")
+    assert "scale cpu" in context and "hardware cpu-2c" in context and "site built" in context
+    assert "built" in p.text_content("#stamp")
+    assert p.is_visible("#normalisation") and "normalisation-v1.json" in p.text_content("#normalisation summary")
+    assert not page.errors, page.errors
+
+
+def test_sorting_respects_direction(page):
+    p = page.open("index.html#pattern=noncausal_self")
+    p.wait_for_selector("#rows tr")
+    p.click('#board th[data-key="forecasting:mse"]')  # lower is better: ascending, missing last
+    values = first_values(page)
+    numbers = [v for v in values if v is not None]
+    assert numbers == sorted(numbers) and values[: len(numbers)] == numbers
+    p.click('#board th[data-key="forecasting:mse"]')  # again: reversed, missing still last
+    numbers2 = [v for v in first_values(page) if v is not None]
+    assert numbers2 == sorted(numbers, reverse=True)
+    p.click('#board th[data-key="mqar:accuracy"]')  # higher is better: descending
+    acc = [v for v in first_values(page) if v is not None]
+    assert acc == sorted(acc, reverse=True) and len(acc) >= 10
+    assert "sort=mqar" in p.url  # the view is shareable
+    assert not page.errors, page.errors
+
+
+def test_filters_change_what_is_shown(page):
+    p = page.open("index.html")
+    p.wait_for_selector("#rows tr")
+    everyone = page.texts("#rows td.name span:first-child")
+    p.fill("#f-search", "in")
+    shown = page.texts("#rows td.name span:first-child")
+    assert sorted(shown) == sorted(a for a in everyone if "in" in a) and 0 < len(shown) < len(everyone)
+    p.fill("#f-search", "")
+    p.select_option("#f-task", "mqar")  # one task: all its metrics as columns
+    keys = p.eval_on_selector_all("#board thead th", "els => els.map(e => e.dataset.key)")
+    assert keys == ["attention", "agg", "mqar:accuracy", "mqar:loss"]
+    p.click('#tabs button[data-pattern="causal_cross"]')  # another pattern
+    p.wait_for_function("document.querySelector('#context').textContent.includes('causal cross')")
+    assert "pattern=causal_cross" in p.url
+    names = page.texts("#rows td.name span:first-child")
+    assert "mamba" in names and "unsupported" in page.texts("#rows .badge")
+    p.select_option("#f-view", "z")
+    assert p.eval_on_selector_all("#board thead th .dir", "els => els.some(e => e.textContent.includes('z'))")
+    assert not page.errors, page.errors
+
+
+def test_download_csv_is_what_is_shown(page):
+    p = page.open("index.html#pattern=noncausal_self")
+    p.wait_for_selector("#rows tr")
+    p.fill("#f-search", "a")
+    shown = len(page.texts("#rows tr"))
+    with p.expect_download() as info:
+        p.click("#dl-csv")
+    rows = list(csv.DictReader(io.StringIO(Path(info.value.path()).read_text())))
+    assert len(rows) == shown and all("a" in r["attention"] for r in rows)
+    assert {"mqar accuracy mean", "mqar accuracy std", "mqar accuracy n", "mqar accuracy status"} <= set(rows[0])
+    assert not page.errors, page.errors
+
+
+def test_plots_draw(page):
+    p = page.open("efficiency.html")
+    p.wait_for_selector("section.pattern svg")
+    assert len(p.query_selector_all("section.pattern .plot svg")) == 4  # time and memory for two patterns
+    assert len(p.query_selector_all("section.pattern g.series path")) >= 10
+    assert len(p.query_selector_all("section.pattern g.fail")) >= 2  # softmax and vanilla OOM at 8K
+    assert "hardware cpu-2c" in p.text_content("#context")
+    assert EVIL_NAME in page.texts("table.eff td a")
+    p = page.open("cost.html")
+    p.wait_for_selector(".task-plot svg")
+    assert len(p.query_selector_all(".task-plot circle.frontier-pt")) >= 2
+    assert len(p.query_selector_all(".task-plot path.frontier")) >= 1
+    assert "✓ frontier" in page.texts("#points td")
+    p.select_option("#f-axis", "state_size")
+    p.wait_for_function("document.querySelector('.task-plot svg text.lbl') && [...document.querySelectorAll('.task-plot svg text.lbl')].some(t => t.textContent.includes('state size'))")
+    assert not page.errors, page.errors
+
+
+def test_run_page_opens_from_a_cell(page):
+    p = page.open("index.html#pattern=noncausal_self&task=mqar")
+    p.wait_for_selector("#rows a.val")
+    p.click("#rows a.val >> nth=0")
+    p.wait_for_selector(".card pre.command")
+    assert "run.html?ids=" in p.url
+    assert len(p.query_selector_all(".card")) == 3  # three seeds
+    assert p.text_content(".card pre.command").startswith("cab run attention=")
+    text = p.text_content("main")
+    for needle in ("scale", "hardware", "commit", "duration", "Resolved config", "Environment"):
+        assert needle in text
+    assert not page.errors, page.errors
+
+
+def test_hostile_strings_do_not_execute(page):
+    p = page.open("index.html#pattern=noncausal_self&task=mqar&q=evil")
+    p.wait_for_selector("#rows tr")
+    p.fill("#f-search", "")
+    assert EVIL_NAME in page.texts("#rows td.name span:first-child")
+    assert "RuntimeError: " + EVIL_SCRIPT in page.texts("#rows .why")
+    # open the hostile runs' pages: command, error and traceback shown as text
+    p.fill("#f-search", "evil")
+    hrefs = p.eval_on_selector_all("#rows td a", "els => els.map(a => a.getAttribute('href'))")
+    for href in hrefs:
+        q = page.open(href)
+        q.wait_for_selector(".card")
+    p = page.open("index.html#pattern=noncausal_self&task=mqar&q=img")
+    p.wait_for_selector("#rows a.val")
+    p.click("#rows a.val >> nth=0")
+    p.wait_for_selector(".card pre.command")
+    assert EVIL_SCRIPT in p.text_content(".card pre.command")
+    assert p.query_selector("main img") is None and p.query_selector("main script") is None
+    assert not page.errors, page.errors
