@@ -90,7 +90,7 @@ class ABCAttention(MultiHeadAttention):
             z_end = z[..., -1, :]  # (B, H, n, s)
             chunk_mem = torch.einsum("bhnjm,bhnjd->bhnmd", torch.exp(alpha - z_end[..., None, :]), x)  # (B,H,n,s,D)
             z_prev = torch.cat([z[:, :, :1, 0, :], z_end[:, :, :-1]], dim=2)  # reference before each chunk
-            carry = torch.exp(z_end - z_prev)  # <= 1
+            carry = torch.exp(z_prev - z_end)  # <= 1
             states, state = [], torch.zeros(b, h, s, x.shape[-1], dtype=x.dtype, device=x.device)
             for i in range(n):
                 states.append(state)
