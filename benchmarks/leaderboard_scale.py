@@ -129,6 +129,12 @@ def main() -> int:
                      f"{', '.join(f'{t:.2f}' for t in loads)} s) | {statistics.median(loads):.2f} s | < 2 s |")
     else:
         lines.append(f"| overview load in a browser | {loads} | < 2 s |")
+    lines += [
+        "",
+        "With efficiency records, a fresh `cab leaderboard build` pays for importing torch, because "
+        "`cab.efficiency.efficiency_lengths` lives in a module that imports torch at the top; the build itself "
+        "is the row above it. The import is skipped when there are no efficiency records.",
+    ]
     largest_table = max((v for k, v in sizes.items() if k.startswith("table-")), default=0)
     lines += [
         "",

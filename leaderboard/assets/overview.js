@@ -82,7 +82,7 @@
           title: single ? "mean z-score of this task's metrics (frozen constants " + (idx.normalisation || {}).file + ")"
             : "CAB-style index: z-scores per metric (frozen constants), averaged per task, then over the pattern's " + agg.tasks.length + " tasks",
           value: (r) => { const a = agg.rows[r.id]; if (!a) return null; const v = single ? a.task_scores[state.task] : a.score;
-            return v === undefined || v === null ? null : (single || a.complete ? v : v - 1e6); } });
+            return v === undefined || v === null ? null : v; } });
       }
     }
     const tasks = state.task ? [state.task] : Object.keys(t.tasks);
@@ -110,6 +110,11 @@
     let rows = current.rows.filter((r) => !q || (r.attention + " " + r.variant).toLowerCase().includes(q));
     const sortCol = cols.find((c) => c.key === state.sort) || cols.find((c) => c.agg) || cols[1] || cols[0];
     rows = CAB.sortRows(rows, sortCol.value, sortCol.hib, state.dir === "rev");
+    if (sortCol.agg && !state.task) {
+      // a partial aggregate (some tasks not finished) ranks after every complete one, in either direction
+      const complete = (r) => { const a = current.aggregate.rows[r.id]; return a && a.score !== null && a.complete; };
+      rows = rows.filter(complete).concat(rows.filter((r) => !complete(r)));
+    }
     const best = bestCells(cols, rows);
 
     const thead = el("thead", {}, el("tr", {}, cols.map((c) => el("th", {
@@ -238,7 +243,7 @@
     const rows = shown.rows.map((r) => {
       const o = { attention: r.attention, variant: r.variant, scale: current.scale, hardware: current.hardware, pattern: current.pattern };
       for (const c of shown.cols.slice(1)) {
-        if (c.agg || c.z) { const v = c.value(r); o[c.key] = v !== null && v < -1e5 ? v + 1e6 : v; continue; }
+        if (c.agg || c.z) { o[c.key] = c.value(r); continue; }
         const cell = cellMap.get(r.id + "\u0000" + c.task), mv = cell && cell.metrics[c.metric];
         o[c.key + ":mean"] = mv ? mv[0] : null; o[c.key + ":std"] = mv ? mv[1] : null; o[c.key + ":n"] = mv ? mv[2] : 0;
         o[c.key + ":status"] = cell ? cell.status : "notrun";
