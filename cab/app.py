@@ -48,7 +48,14 @@ def job(cfg: DictConfig) -> dict | None:
 
     record = run_job(config)
     mirror(record, config)
-    print(_summary(record), flush=True)
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode.name == "MULTIRUN":
+        from cab.sweep import log_job
+
+        log_job(hydra_cfg.sweep.dir, record)
+        print(f"job {hydra_cfg.job.num}: {_summary(record)}", flush=True)
+    else:
+        print(_summary(record), flush=True)
     return record
 
 

@@ -26,7 +26,7 @@ REQUIRED = (
     "cost", "config", "env", "command", "started_at", "duration_s", "error",
 )
 # config keys that do not change what a run computes
-NON_SEMANTIC_KEYS = ("results_dir", "force", "logger", "imports_for_display")
+NON_SEMANTIC_KEYS = ("results_dir", "force", "retry_failed", "logger", "threads", "leaderboard_out")
 
 
 def run_id_of(config: dict[str, Any]) -> str:

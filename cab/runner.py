@@ -28,6 +28,9 @@ from cab.records import (
     write_record,
 )
 from cab.registry import ChoiceError, attention_spec, import_modules, task_spec
+from cab.sweep import reconcile_crashed, remove_marker, write_marker
+
+RETRYABLE = ("failed", "oom", "nan", "timeout")  # statuses that `retry_failed=true` runs again
 
 
 class NaNLoss(RuntimeError):
@@ -113,10 +116,12 @@ def run_job(config: dict[str, Any]) -> dict[str, Any]:
     results_dir = Path(config["results_dir"])
     run_id = run_id_of(config)
     target = results_dir / f"{run_id}.json"
+    reconcile_crashed(results_dir)  # records for earlier jobs here whose process died
     if target.exists() and not config.get("force", False):
         record = read_record(target)
-        record["_skipped"] = True
-        return record
+        if not (config.get("retry_failed") and record.get("status") in RETRYABLE):
+            record["_skipped"] = True
+            return record
 
     import torch
 
@@ -152,6 +157,7 @@ def run_job(config: dict[str, Any]) -> dict[str, Any]:
         "duration_s": None,
         "error": None,
     }
+    write_marker(record, results_dir, trainer.get("max_seconds"))
     try:
         if config.get("threads"):
             torch.set_num_threads(int(config["threads"]))
@@ -169,6 +175,7 @@ def run_job(config: dict[str, Any]) -> dict[str, Any]:
         record["error"] = _error(exc)
     record["duration_s"] = round(time.time() - started, 3)
     write_record(record, results_dir)
+    remove_marker(results_dir, run_id)
     return record
 
 
