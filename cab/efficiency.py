@@ -1,28 +1,49 @@
-"""Measuring one attention layer: forward time and peak memory at a given length.
+"""Measuring one attention layer at one length: time, peak memory, FLOPs; and the derived figures.
 
-Time: warm-up calls, then repeated timed calls; median and interquartile range. On CUDA the clock
-is read after `torch.cuda.synchronize()`; on CPU the thread count is fixed and recorded.
-Memory: CUDA: peak allocated bytes with the counter reset before the measured call. CPU: each point
-runs in a fresh process and reports its peak resident memory during the call minus the resident
-memory just before it (`ru_maxrss`), so earlier points cannot hide a later peak.
+How a point is taken (docs/efficiency.md has the full story):
+
+Time: `warmup` untimed calls, then `repeats` timed calls (fewer, but at least `min_repeats`, when a
+call is slow enough to blow `max_seconds`); the record keeps the median and the interquartile range.
+On CUDA the clock is read only after `torch.cuda.synchronize()`, before the start and after the
+call, so a sample is the work done, not the launch. On CPU the thread count is fixed
+(`threads`) and recorded. Forward is timed in eval mode under `torch.no_grad()`; forward+backward
+in train mode, input gradients on, `.grad` cleared before each call so every call is the same.
+
+Memory: CUDA: `max_memory_allocated()` after `reset_peak_memory_stats()`, minus the bytes allocated
+before the call. CPU: the point runs in a fresh process (`measure_point_isolated`); the kernel's
+peak-RSS counter (VmHWM) is reset through /proc/self/clear_refs just before the measured call,
+and the point's memory is that peak minus the resident memory just before the call (one unmeasured
+call runs first, so one-time library buffers are in the baseline). During these calls glibc is told to serve every block of 64 KiB or more by mmap (returned to the system when
+freed), so memory freed earlier in the process cannot be silently reused and hide the call's
+peak. These are the bytes the call itself needs on top of its weights and inputs.
+
+FLOPs: the layer's own analytic `flops(batch, len_q, len_k)`, forward, 2 FLOPs per multiply-add
+(cross-checked against torch's and fvcore's counters in tests/test_flops.py).
+
+Derived figures (`scaling_exponent`, `efficiency_lengths`): see their docstrings.
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
+import math
 import os
+import re
 import resource
 import statistics
 import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
 from cab.patterns import Pattern
-from cab.registry import build_attention
+from cab.registry import build_attention, import_modules
+
+FLOPS_CONVENTION = "forward FLOPs of the layer by its analytic formula, 2 FLOPs per multiply-add"
 
 
 @dataclass
@@ -30,7 +51,7 @@ class Point:
     attention: str
     pattern: str
     length: int
-    status: str  # ok | oom | failed
+    status: str  # ok | oom | timeout | failed
     time_median_s: float | None = None
     time_iqr_s: float | None = None
     peak_memory_bytes: int | None = None
@@ -38,6 +59,8 @@ class Point:
     threads: int | None = None
     device: str = "cpu"
     error: str | None = None
+    repeats: int | None = None  # timed samples behind the median
+    memory_method: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -46,38 +69,150 @@ class Point:
 def make_inputs(pattern: Pattern, batch: int, length: int, dim: int, device: str, dtype=torch.float32, seed: int = 0):
     """x: (B, L, dim); context: (B, L, dim) for cross patterns (Lk = Lq = length), else None."""
     g = torch.Generator(device="cpu").manual_seed(seed)
-    x = torch.randn(batch, length, dim, generator=g, dtype=dtype).to(device)
-    context = torch.randn(batch, length, dim, generator=g, dtype=dtype).to(device) if pattern.is_cross else None
+    x = torch.randn(batch, length, dim, generator=g, dtype=torch.float32).to(device=device, dtype=dtype)
+    context = None
+    if pattern.is_cross:
+        context = torch.randn(batch, length, dim, generator=g, dtype=torch.float32).to(device=device, dtype=dtype)
     return x, context
 
 
+# ---------------------------------------------------------------------------------------------
+# time
+
+_clock = time.perf_counter  # module-level so tests can substitute a fake clock
+
+
 def _sync(device: str) -> None:
-    if device.startswith("cuda"):
+    if str(device).startswith("cuda"):
         torch.cuda.synchronize()
+
+
+def median_iqr(samples: list[float]) -> tuple[float, float]:
+    """Median and interquartile range (Q3 - Q1, linear interpolation between order statistics, as
+    numpy.percentile's default); a single sample has IQR 0."""
+    if not samples:
+        raise ValueError("no samples")
+    if len(samples) == 1:
+        return samples[0], 0.0
+    q = statistics.quantiles(samples, n=4, method="inclusive")
+    return statistics.median(samples), q[2] - q[0]
+
+
+def time_samples(
+    fn: Callable[[], object],
+    device: str = "cpu",
+    warmup: int = 2,
+    repeats: int = 5,
+    max_seconds: float | None = None,
+    min_repeats: int = 3,
+) -> list[float]:
+    """Seconds per call of `fn()`: `warmup` untimed calls, then up to `repeats` timed ones. With
+    `max_seconds`, timing stops once that much has been spent and `min_repeats` samples exist.
+    On CUDA every sample is bracketed by `torch.cuda.synchronize()`."""
+    for _ in range(warmup):
+        fn()
+    samples: list[float] = []
+    spent = 0.0
+    for _ in range(repeats):
+        _sync(device)  # nothing queued before the start
+        start = _clock()
+        fn()
+        _sync(device)  # the call's kernels are finished before the clock is read
+        samples.append(_clock() - start)
+        spent += samples[-1]
+        if max_seconds is not None and spent >= max_seconds and len(samples) >= min_repeats:
+            break
+    return samples
 
 
 def time_call(fn, device: str = "cpu", warmup: int = 2, repeats: int = 5) -> tuple[float, float]:
     """Median and interquartile range (seconds) of `fn()` over `repeats` calls after `warmup` calls."""
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    samples = []
-    for _ in range(repeats):
-        _sync(device)
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        samples.append(time.perf_counter() - start)
-    if len(samples) >= 4:
-        q = statistics.quantiles(samples, n=4)
-        iqr = q[2] - q[0]
-    else:
-        iqr = max(samples) - min(samples)
-    return statistics.median(samples), iqr
+    return median_iqr(time_samples(fn, device, warmup, repeats))
 
 
-def _rss_peak_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+# ---------------------------------------------------------------------------------------------
+# CPU memory: the kernel's per-process peak-RSS counter, reset just before the measured call
+
+_PROC_STATUS = "/proc/self/status"
+
+
+def _status_kib(field: str) -> int | None:
+    try:
+        with open(_PROC_STATUS) as f:
+            match = re.search(rf"^{field}:\s+(\d+) kB", f.read(), re.MULTILINE)
+    except OSError:
+        return None
+    return int(match.group(1)) if match else None
+
+
+def _reset_peak_rss() -> bool:
+    """Reset VmHWM to the current RSS (Linux >= 4.0: write 5 to /proc/self/clear_refs)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _mallopt(param: int, value: int) -> bool:
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(ctypes.c_int(param), ctypes.c_int(value)))
+    except (OSError, AttributeError):
+        return False
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+
+
+def cpu_peak_memory(call: Callable[[], object], warm_first: bool = True) -> tuple[int, str]:
+    """(bytes, method): peak RSS during `call()` above the RSS just before it. With `warm_first`,
+    one unmeasured call runs first (under the same allocator setting), so libraries' one-time
+    buffers (thread pools, kernel caches) count in the baseline, not in the method's memory."""
+    strict = _mallopt(_M_MMAP_THRESHOLD, 64 * 1024)  # big blocks: mmap, unmapped when freed
+    try:
+        if warm_first:
+            call()
+        if _reset_peak_rss() and _status_kib("VmHWM") is not None:
+            before = _status_kib("VmRSS") or 0
+            call()
+            peak = _status_kib("VmHWM") or 0
+            method = "peak RSS (VmHWM reset) above RSS before the call" + (", mmap threshold 64 KiB" if strict else "")
+            return max(0, (peak - before) * 1024), method
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        call()
+        after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return max(0, (after - before) * 1024), "rise of the process's peak RSS (ru_maxrss)"
+    finally:
+        if strict:  # back to glibc's usual steady state for the timed calls
+            _mallopt(_M_MMAP_THRESHOLD, 32 * 1024 * 1024)
+            _mallopt(_M_TRIM_THRESHOLD, 64 * 1024 * 1024)
+
+
+def cuda_peak_memory(call: Callable[[], object], device: str) -> tuple[int, str]:
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    call()
+    torch.cuda.synchronize(device)
+    return int(torch.cuda.max_memory_allocated(device) - before), "cuda max_memory_allocated (reset) above allocated before"
+
+
+# ---------------------------------------------------------------------------------------------
+# one point
+
+_OOM_TEXT = ("out of memory", "can't allocate memory", "cannot allocate memory", "defaultcpuallocator")
+
+
+def classify_error(exc: BaseException) -> str:
+    """'oom' for every flavour of out-of-memory (torch's, Python's, the CPU allocator's), else 'failed'."""
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
+        return "oom"
+    text = str(exc).lower()
+    if isinstance(exc, RuntimeError) and any(t in text for t in _OOM_TEXT):
+        return "oom"
+    return "failed"
 
 
 def measure_point(
@@ -93,61 +228,199 @@ def measure_point(
     backward: bool = False,
     hparams: dict[str, Any] | None = None,
     measure_memory: bool = True,
+    dtype: str = "float32",
+    threads: int | None = None,
+    max_seconds: float | None = None,
+    min_repeats: int = 3,
+    seed: int = 0,
+    imports: list[str] | None = None,
 ) -> Point:
-    """Measure one (attention, pattern, length) point in this process."""
+    """Measure one (attention, pattern, length) point in this process. `backward`: time and
+    memory of forward+backward (train mode) instead of forward (eval mode, no grad)."""
+    if threads:
+        torch.set_num_threads(int(threads))
+    import_modules(imports or [])
     pattern = Pattern.parse(pattern)
     point = Point(attention, pattern.value, length, "ok", threads=torch.get_num_threads(), device=device)
     try:
-        torch.manual_seed(0)
+        torch.manual_seed(seed)
         layer = build_attention(attention, dim=dim, num_heads=num_heads, pattern=pattern, **(hparams or {}))
-        layer = layer.to(device).eval()
-        point.flops = layer.flops(batch, length, length)
-        x, context = make_inputs(pattern, batch, length, dim, device)
+        layer = layer.to(device=device, dtype=getattr(torch, dtype))
+        layer.train(backward)
+        point.flops = int(layer.flops(batch, length, length))
+        x, context = make_inputs(pattern, batch, length, dim, device, getattr(torch, dtype), seed)
         if backward:
             x.requires_grad_(True)
+            if context is not None:
+                context.requires_grad_(True)
+        params = list(layer.parameters())
 
         def call():
             if backward:
+                for t in [x, context, *params]:
+                    if t is not None:
+                        t.grad = None
                 layer(x, context=context).sum().backward()
             else:
                 with torch.no_grad():
                     layer(x, context=context)
 
-        if measure_memory:
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
-                torch.cuda.reset_peak_memory_stats()
-                before = torch.cuda.memory_allocated()
-                call()
-                torch.cuda.synchronize()
-                point.peak_memory_bytes = torch.cuda.max_memory_allocated() - before
+        if device.startswith("cuda"):
+            call()  # one call first: library handles and workspaces are not the method's memory
+            if measure_memory:
+                point.peak_memory_bytes, point.memory_method = cuda_peak_memory(call, device)
+            warm = max(0, warmup - 1)
+        else:
+            if measure_memory:  # in a fresh process (see the module docstring)
+                point.peak_memory_bytes, point.memory_method = cpu_peak_memory(call)
+                warm = max(0, warmup - 2)  # its two calls warmed up too
             else:
-                before = _rss_peak_bytes()
-                call()
-                point.peak_memory_bytes = max(0, _rss_peak_bytes() - before)
-        point.time_median_s, point.time_iqr_s = time_call(call, device, warmup, repeats)
-    except torch.OutOfMemoryError as exc:
-        point.status, point.error = "oom", str(exc).splitlines()[0]
-    except MemoryError as exc:
-        point.status, point.error = "oom", f"MemoryError: {exc}"
+                warm = warmup
+        samples = time_samples(call, device, warm, repeats, max_seconds, min_repeats)
+        point.time_median_s, point.time_iqr_s = median_iqr(samples)
+        point.repeats = len(samples)
     except Exception as exc:  # noqa: BLE001 - a failed point is recorded, the sweep goes on
-        point.status, point.error = "failed", f"{type(exc).__name__}: {exc}"
+        point.status = classify_error(exc)
+        point.error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:500]
     return point
 
 
-def measure_point_isolated(timeout_s: float = 900, **kwargs: Any) -> Point:
+def _limit_memory(limit_bytes: int | None):
+    if not limit_bytes:
+        return None
+
+    def apply():  # runs in the child before exec: allocations past the limit fail cleanly (oom)
+        resource.setrlimit(resource.RLIMIT_AS, (int(limit_bytes), int(limit_bytes)))
+
+    return apply
+
+
+def measure_point_isolated(timeout_s: float = 900, memory_limit_bytes: int | None = None, **kwargs: Any) -> Point:
     """`measure_point` in a fresh Python process (so CPU peak memory is this point's alone).
-    A process killed by the kernel for memory, or past `timeout_s`, is an `oom`/`failed` point."""
+    A process killed by the kernel (SIGKILL: the OOM killer) or refused memory past
+    `memory_limit_bytes` (its address-space limit) is an `oom` point; one past `timeout_s` a
+    `timeout` point."""
     args = dict(kwargs)
     args["pattern"] = Pattern.parse(args["pattern"]).value
-    code = "import json,sys; from cab.efficiency import measure_point; print(json.dumps(measure_point(**json.loads(sys.argv[1])).as_dict()))"
+    code = (
+        "import json,sys; from cab.efficiency import measure_point; "
+        "print(json.dumps(measure_point(**json.loads(sys.argv[1])).as_dict()))"
+    )
     env = dict(os.environ)
+    device = args.get("device", "cpu")
     try:
-        proc = subprocess.run([sys.executable, "-c", code, json.dumps(args)], capture_output=True, text=True, timeout=timeout_s, env=env)
+        proc = subprocess.run(
+            [sys.executable, "-c", code, json.dumps(args)], capture_output=True, text=True, timeout=timeout_s, env=env,
+            preexec_fn=_limit_memory(memory_limit_bytes),
+        )
     except subprocess.TimeoutExpired:
-        return Point(kwargs["attention"], args["pattern"], kwargs["length"], "timeout", error=f"over {timeout_s}s")
+        return Point(kwargs["attention"], args["pattern"], kwargs["length"], "timeout", device=device,
+                     threads=args.get("threads"), error=f"over {timeout_s:g} s")
     if proc.returncode != 0:
         status = "oom" if proc.returncode in (-9, 137) else "failed"
         tail = (proc.stderr.strip().splitlines() or [""])[-1]
-        return Point(kwargs["attention"], args["pattern"], kwargs["length"], status, error=f"exit {proc.returncode}: {tail}")
+        return Point(kwargs["attention"], args["pattern"], kwargs["length"], status, device=device,
+                     threads=args.get("threads"), error=f"exit {proc.returncode}: {tail}"[:500])
     return Point(**json.loads(proc.stdout.strip().splitlines()[-1]))
+
+
+# ---------------------------------------------------------------------------------------------
+# derived figures
+
+
+def _ok_values(points: list[dict], key: str) -> list[tuple[float, float]]:
+    """(length, value) of ok points with a positive value for `key`, sorted by length."""
+    out = []
+    for p in points:
+        value = p.get(key)
+        if p.get("status", "ok") == "ok" and value is not None and value > 0:
+            out.append((float(p["length"]), float(value)))
+    return sorted(out)
+
+
+def scaling_exponent(points: list[dict], key: str, top: int = 3, min_length: int | None = None) -> tuple[float | None, list[int]]:
+    """Least-squares slope of log(cost) on log(length) over the `top` longest ok points (those of
+    at least `min_length`), and the lengths used. cost ∝ L^k gives k: 1 linear, 2 quadratic.
+    None with fewer than two usable points."""
+    values = [(n, v) for n, v in _ok_values(points, key) if min_length is None or n >= min_length][-top:]
+    if len(values) < 2:
+        return None, [int(n) for n, _ in values]
+    xs = [math.log(n) for n, _ in values]
+    ys = [math.log(v) for _, v in values]
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+    return slope, [int(n) for n, _ in values]
+
+
+def _polyfit(xs: list[float], ys: list[float], degree: int) -> list[float]:
+    """Least-squares polynomial coefficients, highest power first (numpy.polyfit's order)."""
+    import numpy as np
+
+    return [float(c) for c in np.polyfit(np.asarray(xs), np.asarray(ys), degree)]
+
+
+def cab_fit_length(
+    method_points: list[dict], baseline_points: list[dict], key: str, drop_shortest_method: bool = False
+) -> float | None:
+    """CAB's efficiency length (Zhang et al. 2023, scripts/efficiency_length/efficiency_length.py):
+    fit the baseline's cost with a·L² + b·L + c and the method's with d·L + e (each over its own ok
+    points), and return the larger real root of a·L² + (b−d)·L + (c−e) = 0, the length beyond
+    which the fitted method is cheaper. None: too few points (3 baseline, 2 method), or the fits
+    never meet at a positive length. `drop_shortest_method`: leave the method's shortest point out
+    of its line, as CAB's script does for time (its unsynchronised timings at L=256 were launch
+    overhead); with it, CAB's cost.xlsx gives its published ABC figures, 1,877 (time) and 70 (memory).
+    Our timings are synchronised, so `efficiency_lengths` keeps every point."""
+    base = _ok_values(baseline_points, key)
+    meth = _ok_values(method_points, key)[1 if drop_shortest_method else 0:]
+    if len(base) < 3 or len(meth) < 2:
+        return None
+    a, b, c = _polyfit([n for n, _ in base], [v for _, v in base], 2)
+    d, e = _polyfit([n for n, _ in meth], [v for _, v in meth], 1)
+    qa, qb, qc = a, b - d, c - e
+    if qa == 0:
+        roots = [-qc / qb] if qb else []
+    else:
+        disc = qb * qb - 4 * qa * qc
+        if disc < 0:
+            return None
+        roots = [(-qb + s * math.sqrt(disc)) / (2 * qa) for s in (1, -1)]
+    roots = [r for r in roots if r > 0]
+    return max(roots) if roots else None
+
+
+def crossing_length(method_points: list[dict], baseline_points: list[dict], key: str) -> tuple[float | None, str]:
+    """Where the measured curves cross: over the lengths where both are ok, the length from which
+    the method stays at or below the baseline, interpolated linearly in log(length) on
+    log(method/baseline) between the two measured lengths around the crossing.
+    Returns (length, note): note "crossed"; "below" (cheaper at every common length: None, the
+    crossing lies below the shortest); "above" (never cheaper from some length on up to the
+    longest: None); "insufficient" (fewer than two common lengths: None)."""
+    method = dict(_ok_values(method_points, key))
+    base = dict(_ok_values(baseline_points, key))
+    common = sorted(set(method) & set(base))
+    if len(common) < 2:
+        return None, "insufficient"
+    logr = [math.log(method[n] / base[n]) for n in common]  # < 0: the method is cheaper
+    if logr[-1] > 0:
+        return None, "above"
+    i = len(common) - 1
+    while i > 0 and logr[i - 1] <= 0:
+        i -= 1
+    if i == 0:
+        return None, "below"
+    # logr[i-1] > 0 >= logr[i]: cross between common[i-1] and common[i]
+    t = logr[i - 1] / (logr[i - 1] - logr[i])
+    lo, hi = math.log(common[i - 1]), math.log(common[i])
+    return math.exp(lo + t * (hi - lo)), "crossed"
+
+
+def efficiency_lengths(method_points: list[dict], baseline_points: list[dict], key: str) -> dict[str, float | None]:
+    """Efficiency length of a method against a baseline for `key` ("time_median_s" or
+    "peak_memory_bytes"): {"cab_fit": CAB's fitted crossover (`cab_fit_length`),
+    "crossing": the interpolated crossing of the measured curves (`crossing_length`)}."""
+    if key not in ("time_median_s", "peak_memory_bytes"):
+        raise ValueError(f"key must be 'time_median_s' or 'peak_memory_bytes', not {key!r}")
+    return {
+        "cab_fit": cab_fit_length(method_points, baseline_points, key),
+        "crossing": crossing_length(method_points, baseline_points, key)[0],
+    }

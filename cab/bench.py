@@ -1,0 +1,494 @@
+"""`cab bench`: the efficiency of one attention layer against sequence length.
+
+    cab bench attention=linear pattern=causal_self [lengths=[1024,4096]] [bench=cpu|paper]
+    cab bench -m attention=vanilla,softmax,linear pattern=causal_self,noncausal_self
+    cab bench -m experiment=efficiency results_dir=DIR        # every attention × both self patterns
+    cab bench table --results DIR --out FILE.md                # exponents and efficiency lengths
+
+A job is one attention × pattern. For each direction (forward; forward+backward) it sweeps the
+lengths (powers of two from `min_length` to `max_length` unless `lengths` is given), measuring
+time, peak memory and FLOPs at each (cab/efficiency.py says how), one point at a time across the
+machine (a file lock), and stops the sweep at the first point that runs out of memory or time;
+the failing point is kept in the record. Then it writes one `kind: efficiency` record per
+direction, named by the hash of the resolved config with that single direction, so a finished
+record is skipped on a rerun unless `force=true`. docs/efficiency.md has the definitions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import math
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+from cab.patterns import Pattern
+from cab.records import (
+    SCHEMA,
+    command_line,
+    environment,
+    hardware_label,
+    iter_records,
+    now_iso,
+    read_record,
+    run_id_of,
+    write_record,
+)
+from cab.registry import ChoiceError, attention_spec, import_modules
+
+DIRECTIONS = ("forward", "forward_backward")
+POINT_FIELDS = ("length", "status", "time_median_s", "time_iqr_s", "peak_memory_bytes", "flops", "error", "repeats")
+STOPPING = ("oom", "timeout")  # a point with this status ends the method's sweep
+EXPONENT_POINTS = 3  # exponents: slope over the last 3 ok points
+EXPONENT_METHOD = "least-squares slope of log(cost) on log(length) over the last 3 ok lengths"
+
+METRIC_INFO = {
+    "time_exponent": {"higher_is_better": False,
+                      "description": "k in time ∝ L^k, " + EXPONENT_METHOD},
+    "memory_exponent": {"higher_is_better": False,
+                        "description": "k in peak memory ∝ L^k, " + EXPONENT_METHOD},
+    "flops_exponent": {"higher_is_better": False,
+                       "description": "k in analytic FLOPs ∝ L^k over the same lengths"},
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# one job
+
+
+def resolve_lengths(config: dict[str, Any]) -> list[int]:
+    """The explicit `lengths`, or the powers of two from `min_length` to `max_length`."""
+    if config.get("lengths"):
+        return sorted({int(n) for n in config["lengths"]})
+    lo, hi = int(config.get("min_length", 256)), int(config.get("max_length", 32768))
+    out, n = [], 1 << max(0, math.ceil(math.log2(lo)))
+    while n <= hi:
+        out.append(n)
+        n *= 2
+    return out
+
+
+def resolve_device(config: dict[str, Any]) -> str:
+    wanted = str(config.get("device") or "auto")
+    if wanted == "auto":
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return wanted
+
+
+@contextlib.contextmanager
+def bench_lock(path: str | None):
+    """Hold an exclusive `flock` on `path` (shared with benchmarks/attention_speed.py), so no two
+    benchmarks on the machine time at once. None: no lock."""
+    if not path:
+        yield
+        return
+    lock = Path(path)
+    lock.touch(exist_ok=True)
+    with lock.open() as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def measure(config: dict[str, Any], attention: str, hparams: dict, pattern: str, length: int, direction: str) -> dict:
+    """One point, as configured: in a fresh process on CPU (memory), in this one on CUDA."""
+    from cab.efficiency import measure_point, measure_point_isolated
+
+    device = resolve_device(config)
+    isolate = config.get("isolate", "auto")
+    isolate = (not device.startswith("cuda")) if isolate in ("auto", None) else bool(isolate)
+    kwargs = dict(
+        attention=attention, pattern=pattern, length=length, batch=int(config["batch"]), dim=int(config["dim"]),
+        num_heads=int(config["num_heads"]), device=device, warmup=int(config["warmup"]), repeats=int(config["repeats"]),
+        backward=direction == "forward_backward", hparams=hparams, dtype=str(config.get("dtype", "float32")),
+        threads=config.get("threads"), max_seconds=config.get("max_seconds_per_point"),
+        min_repeats=int(config.get("min_repeats", 3)), seed=int(config.get("seed", 0)),
+        imports=list(config.get("imports") or []),
+    )
+    if isolate:
+        limit = config.get("memory_limit_gb")
+        point = measure_point_isolated(
+            timeout_s=float(config.get("point_timeout_s") or 900),
+            memory_limit_bytes=int(float(limit) * 2**30) if limit else None, **kwargs,
+        )
+    else:
+        point = measure_point(**kwargs)
+    return point.as_dict()
+
+
+def _exponents(points: list[dict]) -> dict[str, Any]:
+    from cab.efficiency import scaling_exponent
+
+    time_k, time_lengths = scaling_exponent(points, "time_median_s", EXPONENT_POINTS)
+    mem_k, mem_lengths = scaling_exponent(points, "peak_memory_bytes", EXPONENT_POINTS)
+    flops_k, _ = scaling_exponent([p for p in points if p["length"] in time_lengths], "flops", EXPONENT_POINTS)
+    return {
+        "time_exponent": time_k, "memory_exponent": mem_k, "flops_exponent": flops_k,
+        "time_exponent_lengths": time_lengths, "memory_exponent_lengths": mem_lengths,
+        "exponent_method": EXPONENT_METHOD,
+    }
+
+
+def _error(exc: BaseException) -> dict[str, str]:
+    tail = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)[-6:])
+    return {"type": type(exc).__name__, "message": str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+            "traceback": tail[-4000:]}
+
+
+def run_bench(
+    config: dict[str, Any],
+    measure_fn: Callable[..., dict] = measure,
+    command: str | None = None,
+    log: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True),
+) -> list[dict[str, Any]]:
+    """Run one bench job (attention × pattern) from a resolved config; write and return one record
+    per direction. Never raises for a problem of the measurement itself."""
+    import_modules(config.get("imports") or [])
+    directions = list(config.get("directions") or DIRECTIONS)
+    bad = [d for d in directions if d not in DIRECTIONS]
+    if bad:
+        raise ChoiceError(f"unknown direction {bad[0]!r}; valid directions: {', '.join(DIRECTIONS)}")
+    hparams = dict(config["attention"])
+    attention = hparams.pop("name")
+    pattern = Pattern.parse(config["pattern"])
+    return [_run_direction(config, attention, hparams, pattern, d, measure_fn, command, log) for d in directions]
+
+
+def _run_direction(config, attention, hparams, pattern, direction, measure_fn, command, log) -> dict[str, Any]:
+    started = time.time()
+    job_config = {**config, "directions": [direction]}
+    run_id = run_id_of(job_config)
+    results_dir = Path(config["results_dir"])
+    target = results_dir / f"{run_id}.json"
+    if target.exists() and not config.get("force", False):
+        record = read_record(target)
+        record["_skipped"] = True
+        return record
+
+    import torch
+
+    if config.get("threads"):
+        torch.set_num_threads(int(config["threads"]))
+    device = resolve_device(config)
+    efficiency: dict[str, Any] = {
+        "direction": direction,
+        "batch": int(config["batch"]),
+        "num_heads": int(config["num_heads"]),
+        "dim": int(config["dim"]),
+        "dtype": str(config.get("dtype", "float32")),
+        "device": device,
+        "threads": torch.get_num_threads() if not device.startswith("cuda") else None,
+        "points": [],
+        "derived": {"time_exponent": None, "memory_exponent": None},
+        "lengths_requested": resolve_lengths(config),
+        "flops_convention": "forward FLOPs of the layer by its analytic formula, 2 FLOPs per multiply-add "
+                            "(the same forward figure in forward_backward records)",
+        "mode": "eval, torch.no_grad()" if direction == "forward" else "train, input and parameter gradients",
+        "memory_method": None,
+    }
+    record: dict[str, Any] = {
+        "schema": SCHEMA,
+        "kind": "efficiency",
+        "run_id": run_id,
+        "status": "ok",
+        "attention": attention,
+        "pattern": pattern.value,
+        "task": None,
+        "seed": int(config.get("seed", 0)),
+        "scale": config.get("scale"),
+        "hardware": None,
+        "metrics": {},
+        "metric_info": METRIC_INFO,
+        "cost": {},
+        "reason": None,
+        "efficiency": efficiency,
+        "config": job_config,
+        "env": {},
+        "command": command or command_line(),
+        "started_at": now_iso(),
+        "duration_s": None,
+        "error": None,
+    }
+    try:
+        record["env"] = environment()
+        record["hardware"] = hardware_label(record["env"])
+        if device.startswith("cuda"):
+            record["hardware"] = record["env"].get("device") or record["hardware"]
+        spec = attention_spec(attention)
+        if pattern not in spec.patterns:
+            record["status"] = "unsupported"
+            record["reason"] = spec.unsupported[pattern]
+        else:
+            for length in efficiency["lengths_requested"]:
+                with bench_lock(config.get("lock")):
+                    raw = measure_fn(config, attention, hparams, pattern.value, length, direction)
+                point = {k: raw.get(k) for k in POINT_FIELDS}
+                efficiency["points"].append(point)
+                efficiency["memory_method"] = efficiency["memory_method"] or raw.get("memory_method")
+                log(_point_line(attention, pattern.value, direction, point))
+                if point["status"] in STOPPING:
+                    break
+            points = efficiency["points"]
+            derived = _exponents(points)
+            efficiency["derived"] = derived
+            record["metrics"] = {k: derived[k] for k in ("time_exponent", "memory_exponent", "flops_exponent")
+                                 if derived[k] is not None}
+            ok = [p for p in points if p["status"] == "ok"]
+            if not ok:
+                first = points[0] if points else {"status": "failed", "error": "no lengths to measure"}
+                record["status"] = first["status"]
+                record["error"] = {"type": first["status"], "message": first.get("error") or first["status"],
+                                   "traceback": ""}
+            mems = [p["peak_memory_bytes"] for p in ok if p.get("peak_memory_bytes") is not None]
+            record["cost"] = {
+                "params": _params(attention, hparams, pattern, config),
+                "max_length_ok": max((p["length"] for p in ok), default=None),
+                "flops_at_max_length": max(ok, key=lambda p: p["length"])["flops"] if ok else None,
+                "peak_memory_bytes": max(mems) if mems else None,
+                "wall_s": None,
+            }
+    except Exception as exc:  # noqa: BLE001 - every failure becomes a record; the sweep goes on
+        record["status"] = "failed"
+        record["error"] = _error(exc)
+    record["duration_s"] = round(time.time() - started, 3)
+    if record["cost"]:
+        record["cost"]["wall_s"] = record["duration_s"]
+    write_record(record, results_dir)
+    return record
+
+
+def _params(attention: str, hparams: dict, pattern: Pattern, config: dict) -> int | None:
+    from cab.registry import build_attention
+
+    try:
+        layer = build_attention(attention, dim=int(config["dim"]), num_heads=int(config["num_heads"]),
+                                pattern=pattern, **hparams)
+    except Exception:  # noqa: BLE001 - the points already say what failed
+        return None
+    return sum(p.numel() for p in layer.parameters())
+
+
+def _point_line(attention: str, pattern: str, direction: str, p: dict) -> str:
+    t = f"{p['time_median_s'] * 1e3:10.2f} ms ± {p['time_iqr_s'] * 1e3:.2f}" if p.get("time_median_s") else f"{p['status']:>10}"
+    m = f"{p['peak_memory_bytes'] / 2**20:9.1f} MiB" if p.get("peak_memory_bytes") is not None else "        -"
+    return f"  {attention} · {pattern} · {direction} L={p['length']:>6} {t} {m}" + (f"  {p['error']}" if p.get("error") else "")
+
+
+def summary(record: dict) -> str:
+    eff = record.get("efficiency") or {}
+    d = eff.get("derived") or {}
+    fmt = lambda v: f"{v:.2f}" if isinstance(v, (int, float)) else "n/a"  # noqa: E731
+    extra = record.get("reason") or (record.get("error") or {}).get("message") or ""
+    skipped = " (exists; skipped, force=true to rerun)" if record.get("_skipped") else ""
+    body = f"time L^{fmt(d.get('time_exponent'))} memory L^{fmt(d.get('memory_exponent'))}" if record["status"] == "ok" else ""
+    return (f"[{record['status']}] {record['attention']} · {record['pattern']} · {eff.get('direction')} "
+            f"{body} {extra}{skipped} -> {record['run_id']}").replace("  ", " ")
+
+
+# ---------------------------------------------------------------------------------------------
+# the Hydra app
+
+
+def _job_command() -> str | None:
+    """`cab bench <this job's overrides>`: the line that reproduces this job alone."""
+    try:
+        import shlex
+
+        from hydra.core.hydra_config import HydraConfig
+
+        overrides = list(HydraConfig.get().overrides.task)
+        return " ".join(["cab bench", *map(shlex.quote, overrides)])
+    except Exception:  # noqa: BLE001 - outside Hydra: fall back to argv
+        return None
+
+
+def _job(cfg) -> list[dict] | None:
+    from omegaconf import OmegaConf
+
+    from cab.config import register_configs
+
+    config = OmegaConf.to_container(cfg, resolve=True)
+    import_modules(config.get("imports") or [])
+    register_configs()
+    records = run_bench(config, command=_job_command())
+    for record in records:
+        print(summary(record), flush=True)
+    return records
+
+
+def _hydra_app():
+    import hydra
+
+    return hydra.main(version_base="1.3", config_path="pkg://cab.conf", config_name="bench")(_job)
+
+
+def main(argv: list[str]) -> int:
+    """`cab bench ...` (the CLI dispatches here): Hydra overrides, or `table ...`."""
+    args = list(argv)
+    if args and args[0] == "table":
+        return table_main(args[1:])
+    if any(a in ("-h", "--help") for a in args):
+        print(__doc__)
+        return 0
+    from cab.config import check_overrides, preimport, register_configs
+
+    try:
+        preimport(args)
+        register_configs()
+        check_overrides(args, multirun=True)  # a bench has no task: only names and patterns to check
+        _check_directions(args)
+    except ChoiceError as exc:
+        print(f"cab: error: {exc}", file=sys.stderr)
+        return 2
+    saved = sys.argv
+    sys.argv = ["cab bench", *args]
+    try:
+        _hydra_app()()
+    except SystemExit as exc:  # Hydra exits after a sweep or on a config error; keep its code
+        if isinstance(exc.code, str):
+            print(f"cab: error: {exc.code}", file=sys.stderr)
+            return 1
+        return int(exc.code or 0)
+    finally:
+        sys.argv = saved
+    return 0
+
+
+def _check_directions(args: list[str]) -> None:
+    for arg in args:
+        if arg.lstrip("+").startswith("directions="):
+            values = arg.split("=", 1)[1].strip("[]").split(",")
+            bad = [v.strip() for v in values if v.strip() and v.strip() not in DIRECTIONS]
+            if bad:
+                raise ChoiceError(f"unknown direction {bad[0]!r}; valid directions: {', '.join(DIRECTIONS)}")
+
+
+# ---------------------------------------------------------------------------------------------
+# `cab bench table`: exponents and efficiency lengths from a results directory
+
+LINEAR_FLOPS_EXPONENT = 1.15  # a method whose own FLOP formula grows at most this fast is linear-time
+
+
+def load_efficiency(results_dir: str | Path, direction: str = "forward") -> dict[tuple[str, str], dict]:
+    """(attention, pattern) -> the newest efficiency record of `direction` under `results_dir`."""
+    found: dict[tuple[str, str], dict] = {}
+    for _, record, _ in iter_records(results_dir):
+        if not record or record.get("kind") != "efficiency":
+            continue
+        if (record.get("efficiency") or {}).get("direction") != direction:
+            continue
+        key = (record["attention"], record["pattern"])
+        if key not in found or record.get("started_at", "") > found[key].get("started_at", ""):
+            found[key] = record
+    return found
+
+
+def _fmt_len(value: float | None, note: str | None = None) -> str:
+    if value is not None:
+        return f"{value:,.0f}"
+    return {"below": "<min", "above": ">max", "insufficient": "n/a"}.get(note or "", "n/a")
+
+
+def table_markdown(results_dir: str | Path, direction: str = "forward",
+                   baselines: tuple[str, ...] = ("vanilla", "softmax")) -> tuple[str, list[str]]:
+    """The table (markdown) and the list of misses: linear-time methods (by their FLOP formula)
+    whose measured time or memory exponent exceeds 1.15, and baselines off their expected shape."""
+    from cab.efficiency import cab_fit_length, crossing_length
+
+    records = load_efficiency(results_dir, direction)
+    patterns = sorted({p for _, p in records}, key=lambda p: [x.value for x in Pattern].index(p))
+    lines: list[str] = []
+    misses: list[str] = []
+    some = next(iter(records.values()), None)
+    if some:
+        e = some["efficiency"]
+        lines += [
+            f"# Efficiency ({direction}), {some.get('hardware')}, scale {some.get('scale')}",
+            "",
+            f"One attention layer: batch {e['batch']}, {e['num_heads']} heads, width {e['dim']}, {e['dtype']}, "
+            f"{e['device']}, {e['threads']} thread(s); {e.get('mode')}. Time: median of the timed repeats; memory: "
+            f"{e.get('memory_method') or 'see docs/efficiency.md'}. Exponents: {EXPONENT_METHOD} (lengths in the "
+            "`exp. lengths` column). Efficiency lengths (EL): `fit` is CAB's (quadratic fit of the baseline meets a "
+            "linear fit of the method, larger root), `cross` the interpolated crossing of the measured curves "
+            "(`<min`: the method is cheaper at every common length; `>max`: not cheaper at the longest common "
+            "length). `lin` = linear-time by the method's own FLOP formula. Generated by `cab bench table`.",
+            "",
+        ]
+    for pattern in patterns:
+        names = sorted(a for a, p in records if p == pattern)
+        lines += [f"## {pattern}", "",
+                  "| attention | status | lengths ok | exp. lengths | FLOPs exp. | time exp. | memory exp. | "
+                  + " | ".join(f"time EL vs {b} (fit / cross) | memory EL vs {b} (fit / cross)" for b in baselines)
+                  + " | max time | max memory |",
+                  "|---|---|---|---|---|---|---|" + "---|---|" * len(baselines) + "---|---|"]
+        for name in names:
+            rec = records[(name, pattern)]
+            eff = rec["efficiency"]
+            points = eff["points"]
+            d = eff.get("derived") or {}
+            ok = [p for p in points if p["status"] == "ok"]
+            fmt = lambda v: f"{v:.2f}" if isinstance(v, (int, float)) else "n/a"  # noqa: E731
+            flops_k = d.get("flops_exponent")
+            linear = flops_k is not None and flops_k <= LINEAR_FLOPS_EXPONENT
+            stops = [p for p in points if p["status"] != "ok"]
+            status = rec["status"] if not stops else f"{rec['status']}; {stops[0]['status']} at {stops[0]['length']}"
+            if rec["status"] == "unsupported":
+                lines.append(f"| {name} | unsupported | | | | | | " + " | ".join("| " for _ in baselines) + " | | |")
+                continue
+            cells = [name, status, f"{ok[0]['length']}–{ok[-1]['length']}" if ok else "-",
+                     ",".join(str(n) for n in d.get("time_exponent_lengths") or []),
+                     fmt(flops_k) + (" (lin)" if linear else ""), fmt(d.get("time_exponent")), fmt(d.get("memory_exponent"))]
+            for base in baselines:
+                brec = records.get((base, pattern))
+                bpoints = brec["efficiency"]["points"] if brec else []
+                for key in ("time_median_s", "peak_memory_bytes"):
+                    if name == base or not bpoints:
+                        cells.append("-")
+                        continue
+                    fit = cab_fit_length(points, bpoints, key)
+                    cross, note = crossing_length(points, bpoints, key)
+                    cells.append(f"{_fmt_len(fit)} / {_fmt_len(cross, note)}")
+            last = ok[-1] if ok else None
+            cells.append(f"{last['time_median_s'] * 1e3:,.1f} ms @ {last['length']}" if last else "-")
+            mem = last.get("peak_memory_bytes") if last else None
+            cells.append(f"{mem / 2**20:,.1f} MiB" if mem is not None else "-")
+            lines.append("| " + " | ".join(cells) + " |")
+            above = [n for n in d.get("time_exponent_lengths") or [] if n > 4096]
+            if linear:
+                for label, key in (("time", "time_exponent"), ("memory", "memory_exponent")):
+                    k = d.get(key)
+                    if k is not None and k > LINEAR_FLOPS_EXPONENT:
+                        misses.append(f"{name} · {pattern}: {label} exponent {k:.2f} > {LINEAR_FLOPS_EXPONENT} "
+                                      f"(lengths {d.get(key + '_lengths')})")
+                if not above:
+                    misses.append(f"{name} · {pattern}: no exponent above length 4096 (longest ok "
+                                  f"{ok[-1]['length'] if ok else '-'})")
+            if name == "vanilla" and d.get("memory_exponent") is not None and abs(d["memory_exponent"] - 2) > 0.15:
+                misses.append(f"vanilla · {pattern}: memory exponent {d['memory_exponent']:.2f}, expected ≈ 2")
+        lines.append("")
+    if misses:
+        lines += ["## Misses", "", *[f"- {m}" for m in misses], ""]
+    return "\n".join(lines), misses
+
+
+def table_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="cab bench table", description="Exponents and efficiency lengths as markdown.")
+    parser.add_argument("--results", default="results", help="directory of efficiency records")
+    parser.add_argument("--out", type=Path, default=None, help="markdown file (default: print only)")
+    parser.add_argument("--direction", default="forward", choices=DIRECTIONS)
+    parser.add_argument("--baselines", nargs="*", default=["vanilla", "softmax"])
+    args = parser.parse_args(argv)
+    text, _ = table_markdown(args.results, args.direction, tuple(args.baselines))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n")
+    print(text)
+    return 0
