@@ -195,6 +195,9 @@ def test_plots_draw(page):
     assert len(p.query_selector_all("section.pattern g.fail")) >= 2  # softmax and vanilla OOM at 8K
     assert "hardware cpu-2c" in p.text_content("#context")
     assert EVIL_NAME in page.texts("table.eff td a")
+    p.click("table.eff td a >> nth=0")  # an efficiency run's page: its points, OOM included
+    p.wait_for_selector(".card h3:text-is('Efficiency points')")
+    assert "oom" in [t.lower() for t in page.texts(".card .badge")] or "ok" in page.texts(".card .badge")
     p = page.open("cost.html")
     p.wait_for_selector(".task-plot svg")
     assert len(p.query_selector_all(".task-plot circle.frontier-pt")) >= 2
