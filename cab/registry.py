@@ -12,6 +12,7 @@ from three places, loaded lazily on first lookup:
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import inspect
 import pkgutil
 from dataclasses import dataclass, field
@@ -205,9 +206,29 @@ def list_tasks(pattern: Pattern | str | None = None) -> list[str]:
 
 
 def import_modules(modules: Iterable[str]) -> None:
-    """Import user modules (outside any package is fine if on sys.path) so their decorators run."""
+    """Import user modules so their decorators run: dotted names (the working directory is searched
+    too, as `python -m` does) or paths to .py files."""
+    import os
+    import sys
+    from pathlib import Path
+
+    if os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())
     for module in modules:
+        module = str(module)
         try:
-            importlib.import_module(module)
+            if module.endswith(".py"):
+                path = Path(module).resolve()
+                name = f"cab_user_{path.stem}"
+                if name in sys.modules:
+                    continue
+                spec = importlib.util.spec_from_file_location(name, path)
+                if spec is None or not path.is_file():
+                    raise ImportError(f"no such file {path}")
+                loaded = importlib.util.module_from_spec(spec)
+                sys.modules[name] = loaded
+                spec.loader.exec_module(loaded)
+            else:
+                importlib.import_module(module)
         except ImportError as exc:
             raise ChoiceError(f"cannot import module {module!r} named in `imports`: {exc}") from None

@@ -82,3 +82,34 @@ def test_multirun_writes_one_record_per_job(tmp_path):
     records = [json.loads(p.read_text()) for p in results.glob("*.json")]
     assert sorted(r["attention"] for r in records) == ["linear", "softmax"]
     assert all(r["status"] == "ok" for r in records)
+
+
+USER_ATTENTION = '''
+"""A user's attention outside any package (test double): exact attention via SDPA."""
+import torch.nn.functional as F
+from cab import MultiHeadAttention, Pattern, register_attention
+
+@register_attention("my_user_attention", patterns={Pattern.CAUSAL_SELF},
+                    unsupported={Pattern.NONCAUSAL_SELF: "demo", Pattern.NONCAUSAL_CROSS: "demo", Pattern.CAUSAL_CROSS: "demo"})
+class MyAttention(MultiHeadAttention):
+    def __init__(self, dim, num_heads, pattern, temperature: float = 1.0):
+        super().__init__(dim, num_heads, pattern)
+        self.temperature = temperature
+    def attend(self, q, k, v, key_padding_mask):
+        return F.scaled_dot_product_attention(q / self.temperature, k, v, is_causal=True)
+    def core_flops(self, batch, len_q, len_k):
+        return 4 * batch * len_q * len_k * self.dim
+'''
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["module", "file"])
+def test_user_module_outside_any_package(tmp_path, how):
+    """`imports=[...]` registers a user's attention with no YAML and no edit to the repository."""
+    (tmp_path / "my_attention.py").write_text(USER_ATTENTION)
+    name = "my_attention" if how == "module" else str(tmp_path / "my_attention.py")
+    out = cab("run", f"imports=[{name}]", "attention=my_user_attention", "attention.temperature=2.0", "task=mqar",
+              "pattern=causal_self", "trainer=smoke", "trainer.steps=3", f"results_dir={tmp_path / 'r'}", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    [record] = [json.loads(p.read_text()) for p in (tmp_path / "r").glob("*.json")]
+    assert record["status"] == "ok" and record["config"]["attention"] == {"name": "my_user_attention", "temperature": 2.0}
