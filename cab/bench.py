@@ -7,8 +7,8 @@
 
 A job is one attention × pattern. For each direction (forward; forward+backward) it sweeps the
 lengths (powers of two from `min_length` to `max_length` unless `lengths` is given), measuring
-time, peak memory and FLOPs at each (cab/efficiency.py says how), one point at a time across the
-machine (a file lock), and stops the sweep at the first point that runs out of memory or time;
+time, peak memory and FLOPs at each (cab/efficiency.py says how), holding a machine-wide file lock
+for the job (`lock_scope=point`: for each point) so no two benchmarks time at once, and stops the sweep at the first point that runs out of memory or time;
 the failing point is kept in the record. Then it writes one `kind: efficiency` record per
 direction, named by the hash of the resolved config with that single direction, so a finished
 record is skipped on a rerun unless `force=true`. docs/efficiency.md has the definitions.
@@ -159,10 +159,16 @@ def run_bench(
     hparams = dict(config["attention"])
     attention = hparams.pop("name")
     pattern = Pattern.parse(config["pattern"])
-    return [_run_direction(config, attention, hparams, pattern, d, measure_fn, command, log) for d in directions]
+    scope = config.get("lock_scope") or "job"
+    if scope not in ("job", "point"):
+        raise ChoiceError(f"unknown lock_scope {scope!r}; valid: job, point")
+    job_lock, point_lock = (config.get("lock"), None) if scope == "job" else (None, config.get("lock"))
+    with bench_lock(job_lock):
+        return [_run_direction(config, attention, hparams, pattern, d, measure_fn, command, log, point_lock)
+                for d in directions]
 
 
-def _run_direction(config, attention, hparams, pattern, direction, measure_fn, command, log) -> dict[str, Any]:
+def _run_direction(config, attention, hparams, pattern, direction, measure_fn, command, log, point_lock) -> dict[str, Any]:
     started = time.time()
     job_config = {**config, "directions": [direction]}
     run_id = run_id_of(job_config)
@@ -228,7 +234,7 @@ def _run_direction(config, attention, hparams, pattern, direction, measure_fn, c
             record["reason"] = spec.unsupported[pattern]
         else:
             for length in efficiency["lengths_requested"]:
-                with bench_lock(config.get("lock")):
+                with bench_lock(point_lock):
                     raw = measure_fn(config, attention, hparams, pattern.value, length, direction)
                 point = {k: raw.get(k) for k in POINT_FIELDS}
                 efficiency["points"].append(point)

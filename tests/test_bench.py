@@ -375,8 +375,10 @@ def test_points_are_taken_under_the_machine_wide_lock(tmp_path):
                 held.append(True)
         return fake_measure()(cfg, *args)
 
-    bench.run_bench(config(tmp_path, lock=str(lock), lengths=[64, 128]), measure, log=lambda s: None)
-    assert held == [True, True]
+    for scope in ("job", "point"):
+        bench.run_bench(config(tmp_path, lock=str(lock), lock_scope=scope, lengths=[64, 128], force=True), measure,
+                        log=lambda s: None)
+    assert held == [True, True, True, True]
 
 
 def test_real_points_in_process(tmp_path):
