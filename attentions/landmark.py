@@ -90,12 +90,12 @@ class LandmarkAttention(MultiHeadAttention):
         land = land.masked_fill(~allowed[:, None, :, None, :], float("-inf"))
         top = torch.topk(land, kk, dim=-1)  # per query and head
         idx, land_sel = top.indices, top.values  # (B, H, nc, ℓ, k)
-        # gather the retrieved blocks' keys and values: (B, H, nc, ℓ, k·ℓ, Dh)
-        flat_idx = idx.reshape(b, h, nc * ell * kk, 1).expand(-1, -1, -1, ell * d)
-        k_sel = kb.reshape(b, h, n, ell * d).gather(2, flat_idx).reshape(b, h, nc, ell, kk * ell, d)
-        v_sel = vb.reshape(b, h, n, ell * d).gather(2, flat_idx).reshape(b, h, nc, ell, kk, ell, d)
-        tok_keep = keep[:, None].expand(b, h, n, ell).gather(2, idx.reshape(b, h, -1, 1).expand(-1, -1, -1, ell))
-        tok_keep = tok_keep.reshape(b, h, nc, ell, kk, ell)
+        # gather the retrieved blocks' keys and values by advanced indexing (small index tensors):
+        bi = torch.arange(b, device=q.device).view(b, 1, 1, 1, 1)
+        hi = torch.arange(h, device=q.device).view(1, h, 1, 1, 1)
+        k_sel = kb[bi, hi, idx].reshape(b, h, nc, ell, kk * ell, d)  # (B, H, nc, ℓ, k·ℓ, Dh)
+        v_sel = vb[bi, hi, idx]  # (B, H, nc, ℓ, k, ℓ, Dh)
+        tok_keep = keep[bi, idx]  # (B, H, nc, ℓ, k, ℓ)
         scores = ((q * scale)[..., None, :] @ k_sel.transpose(-1, -2)).reshape(b, h, nc, ell, kk, ell)
         p_in = safe_softmax(scores.masked_fill(~tok_keep, float("-inf")), dim=-1)  # inside each retrieved block
         # own block
