@@ -18,9 +18,10 @@ second pass carries the true state across chunks (L/T steps) and adds its decaye
 C_t·(exp(A·Σ_{s<=t}Δ_s) ⊙ h_start). So there are T + L/T sequential steps instead of L, memory is
 O(L·E + (L/T)·E·N), and `selective_scan_reference` is the step-by-step recurrence it must equal.
 
-Cost: the matrix products (`flops`: in/out projections, W_r, W_B, W_C, W_Δ, the depthwise conv)
-plus the scan, which is elementwise work of about 9·L·E·N FLOPs that `FlopCounterMode` does not see
-(`scan_flops`); at the defaults (N = 16, E = 2·dim) it is a large share of the real work.
+Cost: the matrix products (`flops`: in/out projections, W_r, W_B, W_C, W_Δ, the depthwise conv and
+the scan's read-outs h·C, 4·L·E·N) plus the rest of the scan, elementwise work of about 7·L·E·N
+FLOPs (exp(ΔA), the decay and the input term) that `FlopCounterMode` does not see (`scan_flops`);
+at the defaults (N = 16, E = 2·dim) that elementwise scan dominates the CPU time.
 
 Noncausal self: two scans (Vim-style bidirectional): the forward branch and a branch with its own
 conv, projections, A and D run on the reversed sequence; y = y_fwd + y_bwd before the gate.
@@ -56,14 +57,17 @@ def selective_scan(u, delta, A, Bm, Cm, D, chunk_size: int = 64):
     Bc = pad_length(Bm, t, dim=1).view(b, n, t, n_state)
     Cc = pad_length(Cm, t, dim=1).view(b, n, t, n_state)
 
-    # pass 1: every chunk from a zero state, all chunks at once (T sequential steps)
+    # pass 1: every chunk from a zero state, all chunks at once (T sequential steps); the step index
+    # is moved to the front so that each step reads contiguous (B, n, ·) slices
+    dl_t, du_t = dl.permute(2, 0, 1, 3).contiguous(), du.permute(2, 0, 1, 3).contiguous()  # (T, B, n, E)
+    B_t, C_t = Bc.permute(2, 0, 1, 3).contiguous(), Cc.permute(2, 0, 1, 3).contiguous()  # (T, B, n, N)
     h = torch.zeros(b, n, e, n_state, dtype=u.dtype, device=u.device)  # (B, n, E, N)
     y_local = []
     for s in range(t):
-        h = torch.exp(dl[:, :, s, :, None] * A) * h + du[:, :, s, :, None] * Bc[:, :, s, None, :]
-        y_local.append((h * Cc[:, :, s, None, :]).sum(-1))  # (B, n, E)
+        h = torch.exp(dl_t[s, ..., None] * A) * h + du_t[s, ..., None] * B_t[s, :, :, None, :]
+        y_local.append(h @ C_t[s, ..., None])  # (B, n, E, 1): Σ_N h·C as a matrix-vector product
     h_end_local = h
-    y = torch.stack(y_local, dim=2)  # (B, n, T, E)
+    y = torch.cat(y_local, dim=-1).transpose(-1, -2)  # (B, n, T, E)
 
     # pass 2: carry the state across chunks (L/T sequential steps)
     cum = torch.cumsum(dl, dim=2)  # Σ_{s<=t} Δ_s inside each chunk, (B, n, T, E)
@@ -71,7 +75,7 @@ def selective_scan(u, delta, A, Bm, Cm, D, chunk_size: int = 64):
     corrections = []
     for i in range(n):
         decay = torch.exp(cum[:, i, :, :, None] * A)  # (B, T, E, N)
-        corrections.append(((decay * h_start[:, None]) * Cc[:, i, :, None, :]).sum(-1))  # (B, T, E)
+        corrections.append(((decay * h_start[:, None]) @ Cc[:, i, :, :, None]).squeeze(-1))  # (B, T, E)
         h_start = decay[:, -1] * h_start + h_end_local[:, i]
     y = y + torch.stack(corrections, dim=1)
     return y.reshape(b, n * t, e)[:, :length] + u * D
@@ -161,12 +165,15 @@ class MambaMixer(AttentionLayer):
         branches = 1 if self.causal else 2
         per_token = 2 * self.dim * 2 * e + 2 * e * self.dim  # in_proj, out_proj
         per_token += branches * (2 * e * k + 2 * e * (r + 2 * n) + 2 * r * e)  # conv, W_r/W_B/W_C, W_Δ
-        return batch * len_q * per_token
+        t = max(1, min(self.chunk_size, len_q))
+        scanned = -(-len_q // t) * t  # positions after padding to whole chunks
+        readout = branches * 2 * (2 * e * n) * scanned  # the scan's two read-outs h·C (matrix-vector products)
+        return batch * (len_q * per_token + readout)
 
     def scan_flops(self, batch: int, length: int) -> int:
-        """Elementwise FLOPs of the scan (not matrix products; FlopCounterMode does not count them)."""
+        """Elementwise FLOPs of the scan outside `flops` (exp, decay, input; FlopCounterMode does not count them)."""
         branches = 1 if self.causal else 2
-        return branches * 9 * batch * length * self.inner * self.d_state
+        return branches * 7 * batch * length * self.inner * self.d_state
 
     def state_size(self, seq_len: int) -> int:
         per_direction = self.inner * self.d_state + self.inner * (self.d_conv - 1)  # h and the conv buffer
