@@ -49,5 +49,9 @@ class LocalAttention(MultiHeadAttention):
         d = self.head_dim
         return batch * self.num_heads * window_attention_flops(len_q, d, d, self.window, self._after)
 
+    def state_size(self, seq_len: int) -> int | None:
+        # causal: the last `window`+1 keys and values; noncausal windows look ahead, so no recurrence
+        return 2 * self.dim * min(self.window + 1, seq_len) if self.causal else None
+
     def extra_repr(self) -> str:
         return super().extra_repr() + f", window={self.window}"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from cab.attention import kv_cache_size
 from cab import MultiHeadAttention, Pattern, register_attention
 
 
@@ -41,3 +42,6 @@ class SoftmaxAttention(MultiHeadAttention):
         # QKᵀ and (softmax)·V: 2·Lq·Lk·Dh each per head -> 4·B·Lq·Lk·dim. The causal mask is counted
         # in full, as the CPU kernels compute it; softmax's exp/sum are not matrix products.
         return 4 * batch * len_q * len_k * self.dim
+
+    def state_size(self, seq_len: int) -> int:
+        return kv_cache_size(self.dim, seq_len)  # the KV cache of the decoding form

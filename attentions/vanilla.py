@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import torch
 
+from cab.attention import kv_cache_size
 from cab import MultiHeadAttention, Pattern, register_attention
 
 
@@ -45,3 +46,6 @@ class VanillaAttention(MultiHeadAttention):
 
     def core_flops(self, batch: int, len_q: int, len_k: int) -> int:
         return 4 * batch * len_q * len_k * self.dim
+
+    def state_size(self, seq_len: int) -> int:
+        return kv_cache_size(self.dim, seq_len)  # the KV cache of the decoding form

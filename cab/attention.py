@@ -111,6 +111,12 @@ class MultiHeadAttention(AttentionLayer):
         return self.projection_flops(batch, len_q, len_k) + self.core_flops(batch, len_q, len_k)
 
 
+def kv_cache_size(dim: int, length: int) -> int:
+    """State of exact attention's recurrent (decoding) form: the cached keys and values, 2·dim·L per
+    example per layer (Zoology counts MHA's state the same way)."""
+    return 2 * dim * length
+
+
 def masked_fill_padding(scores: torch.Tensor, key_padding_mask: torch.Tensor | None) -> torch.Tensor:
     """scores: (B, H, Lq, Lk); key_padding_mask: (B, Lk), True = padding -> -inf there."""
     if key_padding_mask is None:

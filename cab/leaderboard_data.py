@@ -104,6 +104,9 @@ def load_records(results_dir: str | Path, warn=None) -> tuple[list[dict[str, Any
         if record.get("kind") == "efficiency" and not isinstance(record.get("efficiency"), dict) and record.get("status") == "ok":
             skip(path, "efficiency record without an 'efficiency' object")
             continue
+        if record.get("task_variant") and isinstance(record.get("task"), str):
+            # e.g. gCOG's splits: one column per variant
+            record = dict(record, task=f"{record['task']}/{record['task_variant']}")
         run_id = record["run_id"]
         if not SAFE_ID.match(run_id):
             # the id goes into URLs and file names: derive a safe one from the unsafe one

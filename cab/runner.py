@@ -140,6 +140,7 @@ def run_job(config: dict[str, Any]) -> dict[str, Any]:
         "attention": attention,
         "pattern": pattern.value,
         "task": task,
+        "task_variant": None,
         "seed": int(config["seed"]),
         "scale": trainer.get("name"),
         "hardware": None,
@@ -208,6 +209,7 @@ def _train_and_evaluate(record, config, attention, attention_hparams, task_name,
     model = task.build_model(factory).to(device)
     record["metric_info"] = {k: v.as_dict() for k, v in task.metric_info.items()}
     record["primary_metric"] = task.primary_metric
+    record["task_variant"] = task.variant()
     record["reference_metrics"] = task.reference_metrics()
     record["attention_info"] = {k: v for layer in factory.layers_under_test for k, v in layer.runtime_info().items()}
 

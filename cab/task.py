@@ -101,6 +101,11 @@ class Task:
         """Baselines recorded beside every result (majority class, unigram, ...), name -> number."""
         return {}
 
+    def variant(self) -> str | None:
+        """A short name for a configuration that measures something else under the same task name
+        (e.g. gCOG's split); recorded as `task_variant` and shown as its own leaderboard column."""
+        return None
+
     def attention_lengths(self) -> dict[Pattern, tuple[int, int]]:
         """(Lq, Lk) seen by the attention of each role, for state sizes; optional."""
         return {}

@@ -503,6 +503,9 @@ class GCOGTask(Task):
         train_keys = set(self.train_data.keys)
         self.novel = {name: torch.tensor([k not in train_keys for k in data.keys]) for name, data in self.test_sets.items()}
 
+    def variant(self) -> str:
+        return self.split  # the three splits measure different generalisations: separate columns
+
     def build_model(self, attention) -> nn.Module:
         if self.model_name == "single_stream":
             return SingleStreamModel(attention, self.d_model, self.num_heads, self.num_layers, self.mlp_ratio,
