@@ -22,7 +22,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Iterable
 
-from cab.records import SCHEMA, hardware_label, iter_records
+from cab.records import SCHEMA, hardware_label, iter_records, semantic_config
 
 NORMALISATION_SCHEMA = "cab.normalisation/1"
 # A cell with no successful seed shows the most informative failure: the attention's own stated
@@ -153,7 +153,7 @@ def _config_key(record: dict[str, Any]) -> str:
     """The run's configuration less its seed and the keys that do not change results: seeds of one
     configuration are aggregated into one cell."""
     config = record.get("config") if isinstance(record.get("config"), dict) else {}
-    semantic = {k: v for k, v in config.items() if k not in ("seed", "results_dir", "force", "logger", "imports_for_display", "debug")}
+    semantic = semantic_config(config, drop=("seed", "debug"))
     return hashlib.sha256(json.dumps(semantic, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 

@@ -29,9 +29,21 @@ REQUIRED = (
 NON_SEMANTIC_KEYS = ("results_dir", "force", "retry_failed", "logger", "threads", "leaderboard_out")
 
 
+# nested keys that only say where inputs live
+NON_SEMANTIC_PATHS = (("task", "data_dir"),)
+
+
+def semantic_config(config: dict[str, Any], drop: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The config less the keys that do not change what a run computes (and `drop`)."""
+    semantic = {k: v for k, v in config.items() if k not in NON_SEMANTIC_KEYS and k not in drop}
+    for outer, inner in NON_SEMANTIC_PATHS:
+        if isinstance(semantic.get(outer), dict) and inner in semantic[outer]:
+            semantic[outer] = {k: v for k, v in semantic[outer].items() if k != inner}
+    return semantic
+
+
 def run_id_of(config: dict[str, Any]) -> str:
-    semantic = {k: v for k, v in config.items() if k not in NON_SEMANTIC_KEYS}
-    blob = json.dumps(semantic, sort_keys=True, default=str, separators=(",", ":"))
+    blob = json.dumps(semantic_config(config), sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

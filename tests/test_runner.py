@@ -46,6 +46,9 @@ def test_run_id_depends_on_seed_not_on_results_dir(smoke_config, tmp_path):
     a = smoke_config(*SMOKE)
     assert run_id_of(a) == run_id_of({**a, "results_dir": str(tmp_path / "elsewhere"), "force": True})
     assert run_id_of(a) != run_id_of({**a, "seed": 1})
+    moved = {**a, "task": {**a["task"], "data_dir": "/elsewhere"}}  # where the data lies is not the cell
+    assert run_id_of(moved) == run_id_of(a)
+    assert run_id_of({**a, "task": {**a["task"], "seq_len": 32}}) != run_id_of(a)
 
 
 def test_same_config_and_seed_give_identical_metrics(smoke_config):
