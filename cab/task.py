@@ -57,6 +57,13 @@ class AttentionFactory:
         return layer
 
 
+def batch_indices(num_examples: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
+    """Index batches over `num_examples` in a random order from `generator` (last partial batch dropped)."""
+    order = torch.randperm(num_examples, generator=generator)
+    for start in range(0, num_examples - batch_size + 1, batch_size):
+        yield order[start : start + batch_size]
+
+
 class Task:
     """Base class of tasks. Subclasses set `primary_metric` and `metric_info` and implement the
     methods below; `params` are the task's config values (the `task` node less its `name`)."""
@@ -77,6 +84,12 @@ class Task:
     def train_batches(self, batch_size: int) -> Iterator[Any]:
         """Training batches in a fixed order from the seed; may end (epochs) or be infinite."""
         raise NotImplementedError
+
+    def epoch_generator(self) -> torch.Generator:
+        """A generator for the next training epoch, seeded from the task's seed and the epoch number,
+        so every epoch has its own order and a rerun repeats it exactly."""
+        self._epoch = getattr(self, "_epoch", -1) + 1
+        return torch.Generator().manual_seed(self.seed * 7919 + self._epoch)
 
     def forward(self, model: nn.Module, batch: Any) -> torch.Tensor:
         raise NotImplementedError

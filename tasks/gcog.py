@@ -57,7 +57,7 @@ from torch import nn
 
 from cab import Pattern, Task, register_task
 from cab.backbone import Block, CrossBlock, init_weights
-from cab.task import MetricInfo
+from cab.task import MetricInfo, batch_indices
 
 TEST_SEED_OFFSET = 2**31
 GRID = 10  # GRIDSIZE_X = GRIDSIZE_Y
@@ -514,12 +514,8 @@ class GCOGTask(Task):
                           self.pad_nodes, self.dropout)
 
     def train_batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        self._epoch = getattr(self, "_epoch", -1) + 1
-        g = torch.Generator().manual_seed(self.seed * 7919 + self._epoch)
         data = self.train_data
-        order = torch.randperm(len(data), generator=g)
-        for start in range(0, len(order) - batch_size + 1, batch_size):
-            idx = order[start : start + batch_size]
+        for idx in batch_indices(len(data), batch_size, self.epoch_generator()):
             yield data.instr[idx], data.grid[idx], data.labels[idx]
 
     def forward(self, model, batch):

@@ -32,7 +32,7 @@ from torch import nn
 
 from cab import Pattern, Task, register_task
 from cab.backbone import Block, TokenEmbedding, init_weights
-from cab.task import MetricInfo
+from cab.task import MetricInfo, batch_indices
 
 TEST_SEED_OFFSET = 2**31
 
@@ -229,11 +229,7 @@ class ListOpsTask(Task):
         return ids[:, : int(lengths.max())]  # drop columns that are padding in every row
 
     def train_batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        self._epoch = getattr(self, "_epoch", -1) + 1
-        g = torch.Generator().manual_seed(self.seed * 7919 + self._epoch)
-        order = torch.randperm(self.train_ids.shape[0], generator=g)
-        for start in range(0, len(order) - batch_size + 1, batch_size):
-            idx = order[start : start + batch_size]
+        for idx in batch_indices(self.train_ids.shape[0], batch_size, self.epoch_generator()):
             yield self._trim(self.train_ids[idx], self.train_lengths[idx]), self.train_labels[idx]
 
     def forward(self, model, batch):

@@ -77,8 +77,7 @@ class CharLMTask(Task):
 
     def train_batches(self, batch_size: int) -> Iterator[torch.Tensor]:
         """One epoch: as many random windows as the training split holds, seeded per epoch."""
-        self._epoch = getattr(self, "_epoch", -1) + 1
-        g = torch.Generator().manual_seed(self.seed * 7919 + self._epoch)
+        g = self.epoch_generator()
         for _ in range(max(1, self.corpus.train.numel() // (batch_size * self.seq_len))):
             yield random_windows(self.corpus.train, self.seq_len + 1, batch_size, g)  # (B, L+1)
 

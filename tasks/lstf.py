@@ -34,7 +34,7 @@ from torch import nn
 from cab import Pattern, Task, register_task
 from cab.backbone import init_weights
 from cab.data import load_csv_columns
-from cab.task import MetricInfo
+from cab.task import MetricInfo, batch_indices
 
 from ._seq import Decoder, Encoder, sinusoidal_positions
 
@@ -216,11 +216,9 @@ class ForecastTask(Task):
 
     def train_batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, ...]]:
         """One epoch over every training window in a seeded order (the last partial batch dropped)."""
-        self._epoch = getattr(self, "_epoch", -1) + 1
-        g = torch.Generator().manual_seed(self.seed * 7919 + self._epoch)
-        starts = self.starts["train"][torch.randperm(len(self.starts["train"]), generator=g)]
-        for i in range(0, len(starts) - batch_size + 1, batch_size):
-            yield self.windows(starts[i : i + batch_size])
+        train_starts = self.starts["train"]
+        for idx in batch_indices(len(train_starts), batch_size, self.epoch_generator()):
+            yield self.windows(train_starts[idx])
 
     def forward(self, model, batch):
         x, x_marks, dec, dec_marks, _ = batch

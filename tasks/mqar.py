@@ -22,7 +22,7 @@ from torch import nn
 
 from cab import Pattern, Task, register_task
 from cab.backbone import Block, TokenEmbedding, init_weights
-from cab.task import MetricInfo
+from cab.task import MetricInfo, batch_indices
 
 TEST_SEED_OFFSET = 2**31  # train seeds are < 2^31, test seeds >= 2^31: never the same stream
 
@@ -154,12 +154,9 @@ class MQARTask(Task):
 
     def train_batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """One epoch: each segment's examples in a fresh seeded order; batches never mix segments."""
-        self._epoch = getattr(self, "_epoch", -1) + 1
-        g = torch.Generator().manual_seed(self.seed * 7919 + self._epoch)
+        g = self.epoch_generator()
         for inputs, labels in self.train_data:
-            order = torch.randperm(inputs.shape[0], generator=g)
-            for start in range(0, inputs.shape[0] - batch_size + 1, batch_size):
-                idx = order[start : start + batch_size]
+            for idx in batch_indices(inputs.shape[0], batch_size, g):
                 yield inputs[idx], labels[idx]
 
     def forward(self, model, batch):

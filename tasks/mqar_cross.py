@@ -33,7 +33,7 @@ from torch import nn
 
 from cab import Pattern, Task, register_task
 from cab.backbone import Block, CrossBlock, TokenEmbedding, init_weights
-from cab.task import MetricInfo
+from cab.task import MetricInfo, batch_indices
 
 from .mqar import TEST_SEED_OFFSET, Segment, multiquery_ar
 
@@ -121,12 +121,9 @@ class MQARCrossTask(Task):
 
     def train_batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """One epoch: each segment's examples in a fresh seeded order; batches never mix segments."""
-        self._epoch = getattr(self, "_epoch", -1) + 1
-        g = torch.Generator().manual_seed(self.seed * 7919 + self._epoch)
+        g = self.epoch_generator()
         for source, target, labels in self.train_data:
-            order = torch.randperm(source.shape[0], generator=g)
-            for start in range(0, source.shape[0] - batch_size + 1, batch_size):
-                idx = order[start : start + batch_size]
+            for idx in batch_indices(source.shape[0], batch_size, g):
                 yield source[idx], target[idx], labels[idx]
 
     def forward(self, model, batch):

@@ -139,8 +139,7 @@ class SpanCorruptionTask(Task):
 
     def train_batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """One epoch of random windows with fresh span masks, seeded per epoch."""
-        self._epoch = getattr(self, "_epoch", -1) + 1
-        g = torch.Generator().manual_seed(self.seed * 7919 + self._epoch)
+        g = self.epoch_generator()
         for _ in range(max(1, self.corpus.train.numel() // (batch_size * self.seq_len))):
             yield self._corrupt(random_windows(self.corpus.train, self.seq_len, batch_size, g), g)
 
