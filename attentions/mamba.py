@@ -45,8 +45,23 @@ from cab import AttentionLayer, Pattern, register_attention
 from ._part2_common import pad_length
 
 
-def selective_scan(u, delta, A, Bm, Cm, D, chunk_size: int = 64):
-    """Chunked scan. u, delta: (B, L, E); A: (E, N); Bm, Cm: (B, L, N); D: (E,) -> y (B, L, E)."""
+def selective_scan(u, delta, A, Bm, Cm, D, chunk_size: int = 64, chunks_per_segment: int = 32):
+    """Chunked scan. u, delta: (B, L, E); A: (E, N); Bm, Cm: (B, L, N); D: (E,) -> y (B, L, E).
+
+    Runs over segments of `chunks_per_segment` chunks, carrying the state between segments, so the
+    per-step tensors (B, chunks, E, N) stay the same size at every length (time per token constant)."""
+    segment = max(1, chunk_size) * chunks_per_segment
+    h = None
+    ys = []
+    for start in range(0, u.shape[1], segment):
+        sl = slice(start, start + segment)
+        y, h = _scan_segment(u[:, sl], delta[:, sl], A, Bm[:, sl], Cm[:, sl], chunk_size, h)
+        ys.append(y)
+    return torch.cat(ys, dim=1) + u * D
+
+
+def _scan_segment(u, delta, A, Bm, Cm, chunk_size, h0):
+    """One segment of the chunked scan from state h0 (B, E, N) or zeros -> (y without D·u, final state)."""
     b, length, e = u.shape
     n_state = A.shape[-1]
     t = max(1, min(chunk_size, length))
@@ -71,14 +86,14 @@ def selective_scan(u, delta, A, Bm, Cm, D, chunk_size: int = 64):
 
     # pass 2: carry the state across chunks (L/T sequential steps)
     cum = torch.cumsum(dl, dim=2)  # Σ_{s<=t} Δ_s inside each chunk, (B, n, T, E)
-    h_start = torch.zeros(b, e, n_state, dtype=u.dtype, device=u.device)
+    h_start = torch.zeros(b, e, n_state, dtype=u.dtype, device=u.device) if h0 is None else h0
     corrections = []
     for i in range(n):
         decay = torch.exp(cum[:, i, :, :, None] * A)  # (B, T, E, N)
         corrections.append(((decay * h_start[:, None]) @ Cc[:, i, :, :, None]).squeeze(-1))  # (B, T, E)
         h_start = decay[:, -1] * h_start + h_end_local[:, i]
     y = y + torch.stack(corrections, dim=1)
-    return y.reshape(b, n * t, e)[:, :length] + u * D
+    return y.reshape(b, n * t, e)[:, :length], h_start  # padded steps have Δ = 0: h_start is the final state
 
 
 def selective_scan_reference(u, delta, A, Bm, Cm, D):

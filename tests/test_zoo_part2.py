@@ -104,8 +104,8 @@ def test_sliding_window_equals_banded_dense(causal, window):
 # -- mamba --------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("length,chunk", [(40, 8), (37, 8), (5, 16)])
-def test_mamba_chunked_scan_equals_recurrence(length, chunk):
+@pytest.mark.parametrize("length,chunk,segment", [(40, 8, 32), (37, 8, 32), (5, 16, 32), (53, 4, 3)])
+def test_mamba_chunked_scan_equals_recurrence(length, chunk, segment):
     from cab.attentions.mamba import selective_scan, selective_scan_reference
 
     e, n = 6, 4
@@ -114,7 +114,7 @@ def test_mamba_chunked_scan_equals_recurrence(length, chunk):
     a = -torch.exp(rand(e, n, seed=9))
     d = rand(e, seed=10)
     want, _ = selective_scan_reference(u, delta, a, bm, cm, d)
-    torch.testing.assert_close(selective_scan(u, delta, a, bm, cm, d, chunk), want, atol=1e-10, rtol=1e-10)
+    torch.testing.assert_close(selective_scan(u, delta, a, bm, cm, d, chunk, segment), want, atol=1e-10, rtol=1e-10)
 
 
 # -- selection with everything selected equals dense --------------------------------------------
