@@ -30,6 +30,14 @@ from cab import MultiHeadAttention, Pattern, register_attention
 from cab.attention import zero_padded_keys
 
 
+def _flush_subnormal(p: torch.Tensor) -> torch.Tensor:
+    """Zero softmax weights below the smallest normal number. The channel statistics are sums over
+    the whole sequence, so the logits grow with L and a long sequence's softmax is full of
+    subnormal weights, which make the CPU matmul that applies them many times slower (seen as a
+    time slope of 2.3 between L = 4096 and 16384). Changes each weight by < 1.2e-38 (float32)."""
+    return p.masked_fill(p < torch.finfo(p.dtype).tiny, 0.0)
+
+
 @register_attention("channel", patterns=set(Pattern))
 class ChannelAttention(MultiHeadAttention):
     """DaViT channel group attention (Ding et al. 2022); heads are the channel groups."""
@@ -44,7 +52,7 @@ class ChannelAttention(MultiHeadAttention):
         scale = d**-0.5
         k = zero_padded_keys(k, key_padding_mask)  # padding adds nothing to the channel statistics
         if not self.causal:
-            attn = torch.softmax((k.transpose(-1, -2) @ v) * scale, dim=-1)  # (B, H, Dh, Dh)
+            attn = _flush_subnormal(torch.softmax((k.transpose(-1, -2) @ v) * scale, dim=-1))  # (B, H, Dh, Dh)
             return q @ attn.transpose(-1, -2)  # (B, H, Lq, Dh): out_i = A q_i
         b, h, length, _ = q.shape
         state = q.new_zeros(b, h, d, d)  # Σ_{j < chunk start} k_j v_jᵀ
@@ -53,7 +61,7 @@ class ChannelAttention(MultiHeadAttention):
             kc, vc, qc = k[:, :, s : s + self.chunk_size], v[:, :, s : s + self.chunk_size], q[:, :, s : s + self.chunk_size]
             outer = kc.unsqueeze(-1) * vc.unsqueeze(-2)  # (B, H, C, Dh, Dh): k_j v_jᵀ
             prefix = torch.cumsum(outer, dim=2) + state.unsqueeze(2)  # (B, H, C, Dh, Dh)
-            attn = torch.softmax(prefix * scale, dim=-1)  # (B, H, C, Dh, Dh), one matrix per position
+            attn = _flush_subnormal(torch.softmax(prefix * scale, dim=-1))  # (B, H, C, Dh, Dh), one per position
             outs.append((attn @ qc.unsqueeze(-1)).squeeze(-1))  # (B, H, C, Dh)
             state = prefix[:, :, -1]
         return torch.cat(outs, dim=2)
