@@ -163,6 +163,11 @@ def run_bench(
     if scope not in ("job", "point"):
         raise ChoiceError(f"unknown lock_scope {scope!r}; valid: job, point")
     job_lock, point_lock = (config.get("lock"), None) if scope == "job" else (None, config.get("lock"))
+    try:
+        if pattern not in attention_spec(attention).patterns:
+            job_lock = point_lock = None  # nothing is timed: do not queue for the machine
+    except ChoiceError:
+        job_lock = point_lock = None  # the record will say what is wrong
     with bench_lock(job_lock):
         return [_run_direction(config, attention, hparams, pattern, d, measure_fn, command, log, point_lock)
                 for d in directions]
