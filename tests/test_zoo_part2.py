@@ -36,10 +36,10 @@ def qkv(layer, x, context=None):
 # -- lightning ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("length", [32, 37])
+@pytest.mark.parametrize("length", [32, 37, 83])
 @pytest.mark.parametrize("decay", [True, False])
 def test_lightning_block_form_equals_quadratic(length, decay):
-    layer = make("lightning", "causal_self", block_size=8, decay=decay)
+    layer = make("lightning", "causal_self", block_size=8, decay=decay, segment_blocks=3)  # several segments
     q, k, v = qkv(layer, rand(2, length, 32))
     with torch.no_grad():
         block = layer.linear_core(q, k, v, None)
@@ -203,7 +203,7 @@ def test_moh_gates_select_top_k_routed_heads():
 
 
 def test_lightning_state_is_what_its_recurrence_carries():
-    layer = make("lightning", "causal_self", block_size=8)
+    layer = make("lightning", "causal_self", block_size=4, segment_blocks=2)
     q, k, v = qkv(layer, rand(2, 19, 32))
     q, k = F.silu(q), F.silu(k)
     lam = layer.decay.view(1, -1, 1, 1)
