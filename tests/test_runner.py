@@ -10,7 +10,7 @@ from cab import Pattern, register_attention
 from cab.records import REQUIRED, SCHEMA, validate
 from cab.runner import run_job
 
-SMOKE = ["attention=linear", "task=mqar", "pattern=causal_self"]
+SMOKE = ["attention=linear", "task=mqar", "pattern=causal_self", "trainer.steps=10"]
 
 
 def test_ok_record_has_every_field(smoke_config, tmp_path):
@@ -93,5 +93,5 @@ def test_unsupported_pattern_is_a_record_not_a_crash(smoke_config):
 
 
 def test_early_stopping_is_a_setting(smoke_config):
-    record = run_job(smoke_config(*SMOKE, "trainer.early_stop_at=0.0", "trainer.eval_every=10"))
-    assert record["status"] == "ok" and record["early_stopped_at_step"] == 10
+    record = run_job(smoke_config(*SMOKE, "trainer.early_stop_at=0.0", "trainer.eval_every=5"))
+    assert record["status"] == "ok" and record["early_stopped_at_step"] == 5
