@@ -44,6 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--heads", type=int, default=8)
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--out", type=Path, required=True, help="markdown file; the JSON goes beside it")
     args = parser.parse_args(argv)
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> None:
             for length in args.lengths:
                 point = measure_point_isolated(
                     attention=name, pattern=args.pattern, length=length, batch=args.batch, dim=args.dim,
-                    num_heads=args.heads, repeats=args.repeats,
+                    num_heads=args.heads, repeats=args.repeats, warmup=args.warmup,
                 )
                 rows[name][length] = point.as_dict()
                 t = f"{point.time_median_s * 1e3:.1f} ms" if point.time_median_s else point.status
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
         f"# {args.pattern}: forward time and peak memory",
         "",
         f"batch {args.batch}, {args.heads} heads, width {args.dim} (head dim {args.dim // args.heads}), float32, "
-        f"forward only (no grad), {args.threads} threads, median of {args.repeats} after 2 warm-ups; "
+        f"forward only (no grad), {args.threads} threads, median of {args.repeats} after {args.warmup} warm-up(s); "
         f"{platform.processor() or platform.machine()}, torch {torch.__version__}. Memory: peak RSS added by the call, "
         "one fresh process per point.",
         "",
