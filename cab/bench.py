@@ -125,7 +125,7 @@ def measure(config: dict[str, Any], attention: str, hparams: dict, pattern: str,
 
 
 def _exponents(points: list[dict]) -> dict[str, Any]:
-    from cab.efficiency import scaling_exponent
+    from cab.scaling import scaling_exponent
 
     time_k, time_lengths = scaling_exponent(points, "time_median_s", EXPONENT_POINTS)
     mem_k, mem_lengths = scaling_exponent(points, "peak_memory_bytes", EXPONENT_POINTS)
@@ -412,7 +412,7 @@ def table_markdown(results_dir: str | Path, direction: str = "forward",
                    baselines: tuple[str, ...] = ("vanilla", "softmax")) -> tuple[str, list[str]]:
     """The table (markdown) and the list of misses: linear-time methods (by their FLOP formula)
     whose measured time or memory exponent exceeds 1.15, and baselines off their expected shape."""
-    from cab.efficiency import cab_fit_length, crossing_length
+    from cab.scaling import cab_fit_length, crossing_length
 
     records = load_efficiency(results_dir, direction)
     patterns = sorted({p for _, p in records}, key=lambda p: [x.value for x in Pattern].index(p))

@@ -414,7 +414,7 @@ EFFICIENCY_BASELINES = ("vanilla", "softmax")
 def _efficiency_lengths_fn():
     """`cab.efficiency.efficiency_lengths` if this build has it (written by the bench work), else None."""
     try:
-        from cab.efficiency import efficiency_lengths  # noqa: PLC0415
+        from cab.scaling import efficiency_lengths  # noqa: PLC0415
     except (ImportError, AttributeError):
         return None
     return efficiency_lengths
