@@ -132,7 +132,7 @@ class MQARTask(Task):
                  eval_batch_size: int = 256, **extra: Any):
         super().__init__(pattern, seed, seq_len=seq_len)
         if extra:
-            raise ValueError(f"mqar: unknown parameters {sorted(extra)}")
+            raise ValueError(f"{self.task_name}: unknown parameters {sorted(extra)}")
         self.vocab_size, self.power_a, self.random_non_queries = vocab_size, power_a, random_non_queries
         self.d_model, self.num_heads, self.num_layers, self.mlp_ratio = d_model, num_heads, num_layers, mlp_ratio
         self.embed_dropout, self.eval_batch_size = embed_dropout, eval_batch_size
@@ -152,42 +152,44 @@ class MQARTask(Task):
         return MQARModel(attention, self.pattern, self.vocab_size, self.d_model, self.num_heads, self.num_layers,
                          self.max_len, self.mlp_ratio, self.embed_dropout)
 
-    def train_batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    # Every example is a tuple of tensors ending in its labels, (inputs, labels) here; subclasses
+    # (mqar_cross: (source, target, labels)) reuse batching, loss and the metric unchanged.
+    def train_batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, ...]]:
         """One epoch: each segment's examples in a fresh seeded order; batches never mix segments."""
         g = self.epoch_generator()
-        for inputs, labels in self.train_data:
-            for idx in batch_indices(inputs.shape[0], batch_size, g):
-                yield inputs[idx], labels[idx]
+        for tensors in self.train_data:
+            for idx in batch_indices(tensors[0].shape[0], batch_size, g):
+                yield tuple(t[idx] for t in tensors)
 
     def forward(self, model, batch):
-        inputs, labels = batch
-        return model(inputs, labels)
+        return model(*batch)  # logits at the labelled positions only
 
     def loss(self, outputs, batch):
-        _, labels = batch
+        labels = batch[-1]
         return F.cross_entropy(outputs, labels[labels != -100])
 
     def tokens(self, batch) -> int:
-        return batch[0].numel()
+        return sum(t.numel() for t in batch[:-1])
 
     def example_batch(self):
-        inputs, labels = self.test_data[0]
-        return inputs[:1], labels[:1]
+        return tuple(t[:1] for t in self.test_data[0])
 
     def attention_lengths(self):
         return {self.pattern: (self.max_len, self.max_len)}
 
     @torch.no_grad()
     def evaluate(self, model) -> dict[str, float]:
+        """Zoology's metric: per example, the fraction of its queries answered right; averaged over
+        examples, each test segment weighted equally. Safe to call mid-training (no state kept)."""
         device = next(model.parameters()).device
         metrics: dict[str, float] = {}
         accs, losses = [], []
-        for segment, (inputs, labels) in zip(self.test_segments, self.test_data):
+        for segment, tensors in zip(self.test_segments, self.test_data):
             correct_per_example, loss_sum, count = [], 0.0, 0
-            for start in range(0, inputs.shape[0], self.eval_batch_size):
-                x = inputs[start : start + self.eval_batch_size].to(device)
-                y = labels[start : start + self.eval_batch_size].to(device)
-                logits = model(x, y)  # (Q, V), queries in row-major order
+            for start in range(0, tensors[0].shape[0], self.eval_batch_size):
+                batch = [t[start : start + self.eval_batch_size].to(device) for t in tensors]
+                y = batch[-1]
+                logits = model(*batch)  # (Q, V), queries in row-major order
                 target = y[y != -100]
                 loss_sum += F.cross_entropy(logits, target, reduction="sum").item()
                 count += target.numel()

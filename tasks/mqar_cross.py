@@ -25,17 +25,15 @@ For `noncausal_cross` it is `noncausal_self` (softmax).
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from cab import Pattern, Task, register_task
+from cab import Pattern, register_task
 from cab.backbone import Block, CrossBlock, TokenEmbedding, init_weights
-from cab.task import MetricInfo, batch_indices
 
-from .mqar import TEST_SEED_OFFSET, Segment, multiquery_ar
+from .mqar import MQARTask, Segment
 
 
 def split_source_target(inputs: torch.Tensor, labels: torch.Tensor, num_kv_pairs: int):
@@ -78,99 +76,26 @@ class MQARCrossModel(nn.Module):
 
 
 @register_task("mqar_cross", patterns=[Pattern.NONCAUSAL_CROSS, Pattern.CAUSAL_CROSS])
-class MQARCrossTask(Task):
+class MQARCrossTask(MQARTask):
     """MQAR across two sequences: the key-value block is the source, the queries are the target."""
 
-    primary_metric = "accuracy"
-    metric_info = {
-        "accuracy": MetricInfo(True, "fraction of queries whose value is predicted exactly (mean over test segments)"),
-        "loss": MetricInfo(False, "cross-entropy at query positions (nats)"),
-    }
-
-    def __init__(self, pattern: Pattern, seed: int, vocab_size: int = 8192, seq_len: int = 256,
-                 num_kv_pairs: int = 16, train_examples: int = 100_000, test_examples: int = 3_000,
-                 train_segments: list[dict] | None = None, test_segments: list[dict] | None = None,
-                 d_model: int = 64, num_heads: int = 1, encoder_layers: int = 1, decoder_layers: int = 1,
-                 mlp_ratio: int = 0, embed_dropout: float = 0.1, power_a: float = 0.01,
-                 random_non_queries: bool = False, eval_batch_size: int = 256, **extra: Any):
-        super().__init__(pattern, seed, seq_len=seq_len)
-        if extra:
-            raise ValueError(f"mqar_cross: unknown parameters {sorted(extra)}")
-        self.vocab_size, self.power_a, self.random_non_queries = vocab_size, power_a, random_non_queries
-        self.d_model, self.num_heads, self.mlp_ratio, self.embed_dropout = d_model, num_heads, mlp_ratio, embed_dropout
-        self.encoder_layers, self.decoder_layers, self.eval_batch_size = encoder_layers, decoder_layers, eval_batch_size
-        self.train_segments = [Segment(**s) for s in train_segments] if train_segments else [
-            Segment(seq_len, num_kv_pairs, train_examples)]
-        self.test_segments = [Segment(**s) for s in test_segments] if test_segments else [
-            Segment(seq_len, num_kv_pairs, test_examples)]
+    def __init__(self, pattern: Pattern, seed: int, encoder_layers: int = 1, decoder_layers: int = 1, **mqar: Any):
+        if "num_layers" in mqar:
+            raise ValueError("mqar_cross: set encoder_layers and decoder_layers, not num_layers")
+        self.encoder_layers, self.decoder_layers = encoder_layers, decoder_layers
+        super().__init__(pattern, seed, **mqar)  # same generator, segments, batching and metric as mqar
         segments = self.train_segments + self.test_segments
         self.max_source_len = max(2 * s.num_kv_pairs for s in segments)
         self.max_target_len = max(s.seq_len - 2 * s.num_kv_pairs for s in segments)
-        self.train_data = [self._generate(s, seed * 1000 + i) for i, s in enumerate(self.train_segments)]
-        self.test_data = [self._generate(s, TEST_SEED_OFFSET + seed * 1000 + i) for i, s in enumerate(self.test_segments)]
 
-    def _generate(self, s: Segment, seed: int):
-        inputs, labels = multiquery_ar(s.num_examples, s.seq_len, s.num_kv_pairs, self.vocab_size, self.power_a, seed,
-                                       self.random_non_queries)
-        return split_source_target(inputs, labels, s.num_kv_pairs)
+    def _generate(self, segment: Segment, seed: int):
+        inputs, labels = super()._generate(segment, seed)
+        return split_source_target(inputs, labels, segment.num_kv_pairs)  # (source, target, labels)
 
     def build_model(self, attention) -> nn.Module:
         return MQARCrossModel(attention, self.pattern, self.vocab_size, self.d_model, self.num_heads,
                               self.encoder_layers, self.decoder_layers, self.max_source_len, self.max_target_len,
                               self.mlp_ratio, self.embed_dropout)
 
-    def train_batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """One epoch: each segment's examples in a fresh seeded order; batches never mix segments."""
-        g = self.epoch_generator()
-        for source, target, labels in self.train_data:
-            for idx in batch_indices(source.shape[0], batch_size, g):
-                yield source[idx], target[idx], labels[idx]
-
-    def forward(self, model, batch):
-        source, target, labels = batch
-        return model(source, target, labels)
-
-    def loss(self, outputs, batch):
-        labels = batch[2]
-        return F.cross_entropy(outputs, labels[labels != -100])
-
-    def tokens(self, batch) -> int:
-        return batch[0].numel() + batch[1].numel()
-
-    def example_batch(self):
-        source, target, labels = self.test_data[0]
-        return source[:1], target[:1], labels[:1]
-
     def attention_lengths(self):
         return {self.pattern: (self.max_target_len, self.max_source_len)}
-
-    @torch.no_grad()
-    def evaluate(self, model) -> dict[str, float]:
-        """Zoology's metric: per example, the fraction of its queries answered right; averaged over
-        examples, each test segment weighted equally. Safe to call mid-training (no state kept)."""
-        device = next(model.parameters()).device
-        metrics: dict[str, float] = {}
-        accs, losses = [], []
-        for segment, (source, target, labels) in zip(self.test_segments, self.test_data):
-            per_example, loss_sum, count = [], 0.0, 0
-            for start in range(0, source.shape[0], self.eval_batch_size):
-                end = start + self.eval_batch_size
-                y = labels[start:end].to(device)
-                logits = model(source[start:end].to(device), target[start:end].to(device), y)  # (Q, V)
-                wanted = y[y != -100]
-                loss_sum += F.cross_entropy(logits, wanted, reduction="sum").item()
-                count += wanted.numel()
-                hits = torch.zeros_like(y, dtype=torch.float)
-                hits[y != -100] = (logits.argmax(-1) == wanted).float()
-                per_example.append(hits.sum(1) / (y != -100).sum(1))
-            accs.append(torch.cat(per_example).mean().item())
-            losses.append(loss_sum / count)
-            if len(self.test_segments) > 1:
-                metrics[f"accuracy/{segment.slice_name}"] = accs[-1]
-        metrics["accuracy"] = sum(accs) / len(accs)
-        metrics["loss"] = sum(losses) / len(losses)
-        return metrics
-
-    def reference_metrics(self) -> dict[str, float]:
-        """Chance level: guessing one of the example's `kv` source values uniformly."""
-        return {"accuracy_guess_a_context_value": sum(1 / s.num_kv_pairs for s in self.test_segments) / len(self.test_segments)}
