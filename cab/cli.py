@@ -2,6 +2,7 @@
 
     cab run  [-m] attention=NAME task=NAME pattern=PATTERN [trainer=smoke|cpu|paper] [seed=N] [results_dir=DIR]
     cab bench [-m] attention=NAME pattern=PATTERN [lengths=[...]]
+    cab bench table --results DIR --out FILE.md
     cab list
     cab leaderboard build [--results DIR] [--out DIR]
     cab leaderboard serve [--dir DIR] [--port N]
