@@ -76,14 +76,20 @@ class LightningAttention(MultiHeadAttention):
             qs, ks, vs = (t[:, :, start : start + seg] for t in (q, k, v))  # (B, H, S, Dh)
             n = qs.shape[2]
             out = causal_linear_attention(qs, ks, vs, self.block_size, lam)  # from a zero state
-            if lam is None:
-                out = out + qs @ kv
-                kv = kv + ks.transpose(-1, -2) @ vs
+            first, last = start == 0, start + seg >= length  # the first segment reads a zero state,
+            if lam is None:                                  # and nothing reads the last one's update
+                if not first:
+                    out = out + qs @ kv
+                if not last:
+                    kv = kv + ks.transpose(-1, -2) @ vs
             else:
                 pos = torch.arange(n, device=q.device, dtype=q.dtype)
                 log_lam = torch.log(lam).view(1, h, 1, 1)
-                out = out + (qs * torch.exp(log_lam * (pos + 1).view(1, 1, n, 1))) @ kv  # Λ Q KV
-                kv = torch.exp(log_lam * n) * kv + (ks * torch.exp(log_lam * (n - 1 - pos).view(1, 1, n, 1))).transpose(-1, -2) @ vs
+                if not first:
+                    out = out + (qs * torch.exp(log_lam * (pos + 1).view(1, 1, n, 1))) @ kv  # Λ Q KV
+                if not last:
+                    decayed_k = ks * torch.exp(log_lam * (n - 1 - pos).view(1, 1, n, 1))
+                    kv = torch.exp(log_lam * n) * kv + decayed_k.transpose(-1, -2) @ vs
             outs.append(out)
         return torch.cat(outs, dim=2)
 
@@ -99,7 +105,11 @@ class LightningAttention(MultiHeadAttention):
             inside = full * causal_linear_flops(batch, h, seg, d, d, self.block_size)
             if rest:
                 inside += causal_linear_flops(batch, h, rest, d, d, self.block_size)
-            return inside + batch * h * 4 * len_q * d * d
+            # the carried state: read (2·n·Dh²) by every segment but the first, updated (2·n·Dh²)
+            # by every segment but the last
+            read = len_q - min(seg, len_q)
+            update = len_q - (rest or min(seg, len_q))
+            return inside + batch * h * 2 * (read + update) * d * d
         return batch * h * (2 * len_k * d * d + 2 * len_q * d * d)  # Kᵀ V, then Q (Kᵀ V)
 
     def state_size(self, seq_len: int) -> int:
