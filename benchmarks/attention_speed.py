@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import fcntl
 import json
-import math
 import platform
 import sys
 from pathlib import Path
@@ -22,15 +21,18 @@ from pathlib import Path
 import torch
 
 from cab.efficiency import measure_point_isolated
+from cab.scaling import scaling_exponent
 
 LOCK = Path("/tmp/cab_bench.lock")
 
 
 def slope(points: dict[int, float | None], lengths: list[int]) -> list[str]:
+    """Log-log slope between each pair of consecutive lengths (cab.scaling's exponent on two points)."""
     out = []
     for a, b in zip(lengths, lengths[1:]):
-        ya, yb = points.get(a), points.get(b)
-        out.append(f"{math.log(yb / ya) / math.log(b / a):.2f}" if ya and yb and ya > 0 and yb > 0 else "n/a")
+        pair = [{"length": n, "value": points.get(n)} for n in (a, b)]
+        exponent, _ = scaling_exponent(pair, "value", top=2)
+        out.append(f"{exponent:.2f}" if exponent is not None else "n/a")
     return out
 
 
