@@ -1,0 +1,25 @@
+"""Every registered task, on every pattern it exercises, runs a tiny smoke cell and reports what its
+record promises. Parametrized over the registry: a task registered later is tested here too."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from cab import Pattern, list_tasks, task_spec
+from cab.runner import run_job
+
+CELLS = [(t, p) for t in list_tasks() for p in Pattern if p in task_spec(t).patterns]
+
+
+@pytest.mark.parametrize("task,pattern", CELLS, ids=[f"{t}-{p.value}" for t, p in CELLS])
+def test_smoke_cell_reports_its_metrics(smoke_config, task, pattern):
+    record = run_job(smoke_config(f"task={task}", f"pattern={pattern.value}", "attention=linear", "trainer.steps=2"))
+    assert record["status"] == "ok", record["error"]
+    metrics = record["metrics"]
+    assert record["primary_metric"] in metrics
+    assert set(metrics) <= set(record["metric_info"]) | {m for m in metrics if "/" in m}, "every metric is described"
+    assert all(math.isfinite(v) for v in metrics.values())
+    assert all(isinstance(v, (int, float)) and math.isfinite(v) for v in record["reference_metrics"].values())
+    assert record["cost"]["flops_per_example"] > record["cost"]["attention_flops_per_example"] > 0
