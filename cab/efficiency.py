@@ -6,7 +6,8 @@ Time: `warmup` untimed calls, then `repeats` timed calls (fewer, but at least `m
 call is slow enough to blow `max_seconds`); the record keeps the median and the interquartile range.
 On CUDA the clock is read only after `torch.cuda.synchronize()`, before the start and after the
 call, so a sample is the work done, not the launch. On CPU the thread count is fixed
-(`threads`) and recorded. Forward is timed in eval mode under `torch.no_grad()`; forward+backward
+(`threads`) and recorded, and glibc keeps freed memory for reuse during the timed calls
+(`held_heap`), so time is the computation and not the page faults of fresh mmaps. Forward is timed in eval mode under `torch.no_grad()`; forward+backward
 in train mode, input gradients on, `.grad` cleared before each call so every call is the same.
 
 Memory: CUDA: `max_memory_allocated()` after `reset_peak_memory_stats()`, minus the bytes allocated
@@ -34,6 +35,7 @@ import statistics
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
@@ -61,6 +63,7 @@ class Point:
     error: str | None = None
     repeats: int | None = None  # timed samples behind the median
     memory_method: str | None = None
+    time_method: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -163,7 +166,28 @@ def _mallopt(param: int, value: int) -> bool:
         return False
 
 
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -3, -4
+_GLIBC_MMAP_MAX_DEFAULT = 65536
+
+HEAP_TIMING = "glibc heap held (no mmap, no trim) during warm-up and timed calls, as a caching allocator"
+
+
+@contextmanager
+def held_heap(device: str):
+    """Time the computation, not the kernel's page faults. glibc serves every block of 32 MiB or
+    more with a fresh mmap and unmaps it on free, so on CPU each call pays page faults and the
+    zeroing of every large temporary again; that cost jumps as tensors cross 32 MiB (at width 512,
+    past length 16,384) and made linear-time methods look superlinear (exponents 1.2-1.5 measured
+    over 4,096-16,384). With mmap off and trimming off, freed blocks are reused, as by torch's CUDA
+    caching allocator or by jemalloc/tcmalloc, which PyTorch recommends for CPU. Yields the
+    method's description (None when not applied: CUDA, or no glibc)."""
+    applied = not device.startswith("cuda") and _mallopt(_M_MMAP_MAX, 0) and _mallopt(_M_TRIM_THRESHOLD, -1)  # -1: never trim
+    try:
+        yield HEAP_TIMING if applied else None
+    finally:
+        if applied:
+            _mallopt(_M_MMAP_MAX, _GLIBC_MMAP_MAX_DEFAULT)
+            _mallopt(_M_TRIM_THRESHOLD, 64 * 1024 * 1024)
 
 
 def cpu_peak_memory(call: Callable[[], object], warm_first: bool = True) -> tuple[int, str]:
@@ -273,10 +297,11 @@ def measure_point(
         else:
             if measure_memory:  # in a fresh process (see the module docstring)
                 point.peak_memory_bytes, point.memory_method = cpu_peak_memory(call)
-                warm = max(0, warmup - 2)  # its two calls warmed up too
+                warm = max(1, warmup - 2)  # its two calls warmed up the caches, not the held heap
             else:
                 warm = warmup
-        samples = time_samples(call, device, warm, repeats, max_seconds, min_repeats)
+        with held_heap(device) as point.time_method:
+            samples = time_samples(call, device, warm, repeats, max_seconds, min_repeats)
         point.time_median_s, point.time_iqr_s = median_iqr(samples)
         point.repeats = len(samples)
     except Exception as exc:  # noqa: BLE001 - a failed point is recorded, the sweep goes on
