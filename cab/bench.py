@@ -30,6 +30,7 @@ from cab.patterns import Pattern
 from cab.records import (
     SCHEMA,
     command_line,
+    job_command,
     environment,
     hardware_label,
     iter_records,
@@ -204,6 +205,7 @@ def _run_direction(config, attention, hparams, pattern, direction, measure_fn, c
                             "(the same forward figure in forward_backward records)",
         "mode": "eval, torch.no_grad()" if direction == "forward" else "train, input and parameter gradients",
         "memory_method": None,
+        "time_method": None,
     }
     record: dict[str, Any] = {
         "schema": SCHEMA,
@@ -244,6 +246,7 @@ def _run_direction(config, attention, hparams, pattern, direction, measure_fn, c
                 point = {k: raw.get(k) for k in POINT_FIELDS}
                 efficiency["points"].append(point)
                 efficiency["memory_method"] = efficiency["memory_method"] or raw.get("memory_method")
+                efficiency["time_method"] = efficiency["time_method"] or raw.get("time_method")
                 log(_point_line(attention, pattern.value, direction, point))
                 if point["status"] in STOPPING:
                     break
@@ -308,19 +311,6 @@ def summary(record: dict) -> str:
 # the Hydra app
 
 
-def _job_command() -> str | None:
-    """`cab bench <this job's overrides>`: the line that reproduces this job alone."""
-    try:
-        import shlex
-
-        from hydra.core.hydra_config import HydraConfig
-
-        overrides = list(HydraConfig.get().overrides.task)
-        return " ".join(["cab bench", *map(shlex.quote, overrides)])
-    except Exception:  # noqa: BLE001 - outside Hydra: fall back to argv
-        return None
-
-
 def _job(cfg) -> list[dict] | None:
     from omegaconf import OmegaConf
 
@@ -329,7 +319,7 @@ def _job(cfg) -> list[dict] | None:
     config = OmegaConf.to_container(cfg, resolve=True)
     import_modules(config.get("imports") or [])
     register_configs()
-    records = run_bench(config, command=_job_command())
+    records = run_bench(config, command=job_command("cab bench"))
     for record in records:
         print(summary(record), flush=True)
     return records
@@ -408,10 +398,20 @@ def _fmt_len(value: float | None, note: str | None = None) -> str:
     return {"below": "<min", "above": ">max", "insufficient": "n/a"}.get(note or "", "n/a")
 
 
+def _point_at(points: list[dict], length: int) -> str:
+    p = next((p for p in points if p["length"] == length), None)
+    if p is None:
+        return "not run"
+    if p["status"] != "ok":
+        return p["status"]
+    return f"{p['time_median_s'] * 1e3:,.1f} ms · {p['peak_memory_bytes'] / 2**20:,.1f} MiB"
+
+
 def table_markdown(results_dir: str | Path, direction: str = "forward",
-                   baselines: tuple[str, ...] = ("vanilla", "softmax")) -> tuple[str, list[str]]:
+                   baselines: tuple[str, ...] = ("vanilla", "softmax"), at: tuple[int, ...] = ()) -> tuple[str, list[str]]:
     """The table (markdown) and the list of misses: linear-time methods (by their FLOP formula)
-    whose measured time or memory exponent exceeds 1.15, and baselines off their expected shape."""
+    whose measured time or memory exponent exceeds 1.15, and baselines off their expected shape.
+    `at`: lengths at which a second table per pattern gives every method's time and memory."""
     from cab.scaling import cab_fit_length, crossing_length
 
     records = load_efficiency(results_dir, direction)
@@ -425,7 +425,7 @@ def table_markdown(results_dir: str | Path, direction: str = "forward",
             f"# Efficiency ({direction}), {some.get('hardware')}, scale {some.get('scale')}",
             "",
             f"One attention layer: batch {e['batch']}, {e['num_heads']} heads, width {e['dim']}, {e['dtype']}, "
-            f"{e['device']}, {e['threads']} thread(s); {e.get('mode')}. Time: median of the timed repeats; memory: "
+            f"{e['device']}, {e['threads']} thread(s); {e.get('mode')}. Time: median of the timed repeats ({e.get('time_method') or 'default allocator'}); memory: "
             f"{e.get('memory_method') or 'see docs/efficiency.md'}. Exponents: {EXPONENT_METHOD} (lengths in the "
             "`exp. lengths` column). Efficiency lengths (EL): `fit` is CAB's (quadratic fit of the baseline meets a "
             "linear fit of the method, larger root), `cross` the interpolated crossing of the measured curves "
@@ -485,6 +485,18 @@ def table_markdown(results_dir: str | Path, direction: str = "forward",
             if name == "vanilla" and d.get("memory_exponent") is not None and abs(d["memory_exponent"] - 2) > 0.15:
                 misses.append(f"vanilla · {pattern}: memory exponent {d['memory_exponent']:.2f}, expected ≈ 2")
         lines.append("")
+        if at:
+            lines += [f"Time · peak memory at given lengths ({pattern}):", "",
+                      "| attention | " + " | ".join(f"L = {n:,}" for n in at) + " | time exp. |",
+                      "|---|" + "---|" * len(at) + "---|"]
+            for name in names:
+                rec = records[(name, pattern)]
+                if rec["status"] == "unsupported":
+                    continue
+                k = (rec["efficiency"].get("derived") or {}).get("time_exponent")
+                shown = " | ".join(_point_at(rec["efficiency"]["points"], n) for n in at)
+                lines.append(f"| {name} | {shown} | " + (f"{k:.2f}" if k is not None else "n/a") + " |")
+            lines.append("")
     if misses:
         lines += ["## Misses", "", *[f"- {m}" for m in misses], ""]
     return "\n".join(lines), misses
@@ -496,8 +508,10 @@ def table_main(argv: list[str]) -> int:
     parser.add_argument("--out", type=Path, default=None, help="markdown file (default: print only)")
     parser.add_argument("--direction", default="forward", choices=DIRECTIONS)
     parser.add_argument("--baselines", nargs="*", default=["vanilla", "softmax"])
+    parser.add_argument("--at", default="", help="comma-separated lengths: a table of time and memory at each")
     args = parser.parse_args(argv)
-    text, _ = table_markdown(args.results, args.direction, tuple(args.baselines))
+    at = tuple(int(n) for n in args.at.split(",") if n.strip())
+    text, _ = table_markdown(args.results, args.direction, tuple(args.baselines), at)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text + "\n")
