@@ -34,3 +34,7 @@ class TrainProgress:
 
     def update(self, step: int, loss: float) -> None:
         self._progress.update(self._task, completed=step, loss=f"{loss:.4f}")
+
+    def note(self, text: str) -> None:
+        """One line above the bar (or on stderr when there is no terminal): an evaluation mid-run."""
+        self._progress.console.print(text, highlight=False)

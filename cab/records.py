@@ -122,6 +122,20 @@ def command_line() -> str:
     return " ".join([prog, *map(shlex.quote, argv[1:])])
 
 
+def job_command(program: str) -> str | None:
+    """`<program> <this Hydra job's overrides>`: the line that reproduces this one job, also when it
+    came from a multirun (where argv is the whole sweep). None outside a Hydra job."""
+    import shlex
+
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        overrides = list(HydraConfig.get().overrides.task)
+    except Exception:  # noqa: BLE001 - not inside a Hydra job
+        return None
+    return " ".join([program, *map(shlex.quote, overrides)])
+
+
 def write_record(record: dict[str, Any], results_dir: str | Path) -> Path:
     """Write `record` as `<results_dir>/<run_id>.json`, atomically."""
     results_dir = Path(results_dir)

@@ -20,6 +20,7 @@ from cab.patterns import Pattern
 from cab.records import (
     SCHEMA,
     command_line,
+    job_command,
     environment,
     hardware_label,
     now_iso,
@@ -153,7 +154,7 @@ def run_job(config: dict[str, Any]) -> dict[str, Any]:
         "reason": None,
         "config": config,
         "env": {},
-        "command": command_line(),
+        "command": job_command("cab run") or command_line(),
         "started_at": now_iso(),
         "duration_s": None,
         "error": None,
@@ -235,7 +236,10 @@ def _train_and_evaluate(record, config, attention, attention_hparams, task_name,
     # Early stopping at a target (Zoology stops MQAR at 0.99); off unless set, and off for leaderboards.
     early_stop_at = trainer.get("early_stop_at")
     early_stop_metric = trainer.get("early_stop_metric") or task.primary_metric
-    eval_every = max(1, int(trainer.get("eval_every") or steps))
+    eval_every = int(trainer.get("eval_every") or 0)  # 0: evaluate only at the end
+    if early_stop_at is not None and not eval_every:
+        eval_every = max(1, steps // 10)
+    history: list[dict[str, float]] = []  # the learning curve, when eval_every is set
 
     _inject(fail, "train")
     model.train()
@@ -260,13 +264,16 @@ def _train_and_evaluate(record, config, attention, attention_hparams, task_name,
                 if not math.isfinite(value):
                     raise NaNLoss(f"loss became {value} at step {step + 1}")
                 progress.update(step + 1, value)
-            if early_stop_at is not None and (step + 1) % eval_every == 0 and step + 1 < steps:
+            if eval_every and (step + 1) % eval_every == 0 and step + 1 < steps:
                 paused = time.perf_counter()
                 model.eval()
-                reached = task.evaluate(model).get(early_stop_metric)
+                evaluated = {k: float(v) for k, v in task.evaluate(model).items()}
                 model.train()
                 train_start += time.perf_counter() - paused  # evaluation is not training time
-                if reached is not None and reached >= early_stop_at:
+                history.append({"step": step + 1, **evaluated})
+                progress.note(f"step {step + 1}: {early_stop_metric} {evaluated.get(early_stop_metric, float('nan')):.4f}")
+                reached = evaluated.get(early_stop_metric)
+                if early_stop_at is not None and reached is not None and reached >= early_stop_at:
                     record["early_stopped_at_step"] = step + 1
                     break
     if device.startswith("cuda"):
@@ -276,6 +283,8 @@ def _train_and_evaluate(record, config, attention, attention_hparams, task_name,
     model.eval()
     eval_start = time.perf_counter()
     record["metrics"] = {k: float(v) for k, v in task.evaluate(model).items()}
+    if history:
+        record["eval_history"] = history
     eval_seconds = time.perf_counter() - eval_start
     bad = [k for k, v in record["metrics"].items() if not math.isfinite(v)]
     if bad:

@@ -95,3 +95,13 @@ def test_unsupported_pattern_is_a_record_not_a_crash(smoke_config):
 def test_early_stopping_is_a_setting(smoke_config):
     record = run_job(smoke_config(*SMOKE, "trainer.early_stop_at=0.0", "trainer.eval_every=5"))
     assert record["status"] == "ok" and record["early_stopped_at_step"] == 5
+    assert [h["step"] for h in record["eval_history"]] == [5]
+
+
+def test_eval_every_records_the_learning_curve(smoke_config):
+    record = run_job(smoke_config(*SMOKE, "trainer.steps=12", "trainer.eval_every=4"))
+    assert record["status"] == "ok" and "early_stopped_at_step" not in record
+    history = record["eval_history"]
+    assert [h["step"] for h in history] == [4, 8]  # the final evaluation is `metrics`
+    assert set(history[0]) == {"step", *record["metrics"]}
+    assert validate(record) == []

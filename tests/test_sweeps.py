@@ -41,6 +41,10 @@ def test_resume_runs_only_missing_cells(tmp_path):
     assert again.stdout.count("skipped") == 1
     recs = by_cell(records(results))
     assert len(recs) == 2 and recs[("softmax", "causal_self", 0)]["started_at"] == done["started_at"]
+    # each record's command reruns that job alone, not the whole sweep
+    command = recs[("linear", "causal_self", 0)]["command"]
+    assert command.startswith("cab run ") and "attention=linear" in command and "softmax" not in command
+    assert " -m " not in command
 
 
 def test_mixed_task_pattern_sweep_skips_non_cells(tmp_path):
