@@ -2,6 +2,7 @@
 
     cab leaderboard build [--results DIR] [--out DIR] [--normalisation FILE] [--freeze-normalisation]
     cab leaderboard serve [--dir DIR] [--port N]
+    cab leaderboard table [--results DIR] [--pattern P] [--out FILE]   # the overview as markdown
 
 The site is static and works from file://: the pages (leaderboard/*.html, assets/*) are copied as
 they are, and the data is written as small JavaScript files that assign JSON to `window.CAB_DATA`
@@ -238,6 +239,71 @@ def serve(directory: str | Path = "site", port: int = 8000, host: str = "127.0.0
 
 
 # ---------------------------------------------------------------------------------------------------
+# the overview as markdown (for papers, notes and docs/results.md)
+
+
+def _fmt(value: float) -> str:
+    magnitude = abs(value)
+    return f"{value:.3g}" if magnitude < 0.01 or magnitude >= 1000 else f"{value:.3f}"
+
+
+def markdown_tables(results: str | Path, normalisation: str | Path | None = None, pattern: str | None = None,
+                    warn=_warn) -> str:
+    """The overview's tables as markdown, from the same aggregation as the site: per scale × hardware ×
+    pattern, attentions × tasks, each cell the primary metric's mean ± standard deviation over the ok
+    seeds (n), or the status when no seed is ok; the aggregate when constants are frozen; the
+    baselines as reference rows."""
+    records, _ = data.load_records(results, warn=warn)
+    norm_path = Path(normalisation) if normalisation else default_normalisation_path()
+    norm = read_normalisation(norm_path)
+    out: list[str] = []
+    for table in data.build_tables(records, norm):
+        if pattern and table["pattern"] != pattern:
+            continue
+        tasks = list(table["tasks"])
+        heads = []
+        for task in tasks:
+            info = table["tasks"][task]
+            metric = info["primary_metric"]
+            arrow = "↑" if info["metric_info"].get(metric, {}).get("higher_is_better", True) else "↓"
+            heads.append(f"{task}: {metric} {arrow}")
+        scored = bool(table["aggregate"]["tasks"])
+        out += [f"### {table['pattern']} · scale {table['scale']} · {table['hardware']}", "",
+                "| attention | " + ("aggregate | " if scored else "") + " | ".join(heads) + " |",
+                "|---|" + ("---|" if scored else "") + "---|" * len(tasks)]
+        cells = {(c["row"], c["task"]): c for c in table["cells"]}
+        for row in table["rows"]:
+            name = row["attention"] + (f" [{row['variant']}]" if row["variant"] else "")
+            parts = []
+            if scored:
+                agg = table["aggregate"]["rows"].get(row["id"]) or {}
+                score = agg.get("score")
+                parts.append("–" if score is None else f"{score:+.2f}" + ("" if agg.get("complete") else "*"))
+            for task in tasks:
+                cell = cells.get((row["id"], task))
+                metric = table["tasks"][task]["primary_metric"]
+                if cell is None:
+                    parts.append("")
+                elif cell["status"] == "ok" and metric in cell["metrics"]:
+                    mean, std, n = cell["metrics"][metric]
+                    parts.append(f"{_fmt(mean)} ± {_fmt(std)} ({n})" if n > 1 else f"{_fmt(mean)} (1)")
+                else:
+                    parts.append(cell["status"])
+            out.append(f"| {name} | " + " | ".join(parts) + " |")
+        for ref in table["references"]:
+            parts = ["" for _ in range(scored)]
+            for task in tasks:
+                value = ref["values"].get(task, {}).get(table["tasks"][task]["primary_metric"])
+                parts.append("" if value is None else f"*{_fmt(value)}*")
+            if any(parts):
+                out.append(f"| *{ref['label']}* | " + " | ".join(parts) + " |")
+        out += ["", "Cells: mean ± std over the ok seeds (count); a status where no seed is ok. "
+                + ("Aggregate: mean z-score over the tasks with frozen constants (* = not all of them). " if scored else "")
+                + "Italic rows: baselines the tasks record.", ""]
+    return "\n".join(out)
+
+
+# ---------------------------------------------------------------------------------------------------
 # command line
 
 
@@ -252,6 +318,11 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--freeze-normalisation", action="store_true",
                    help="write the normalisation file from the current records (never overwrites), then build")
     b.add_argument("-q", "--quiet", action="store_true", help="print nothing but problems")
+    t = sub.add_parser("table", help="print the overview tables as markdown")
+    t.add_argument("--results", default="results", help="directory of JSON records, searched recursively (default: results)")
+    t.add_argument("--normalisation", default=None, help="frozen z-score constants (default: the package's)")
+    t.add_argument("--pattern", default=None, help="one pattern only")
+    t.add_argument("--out", default=None, help="write to this file instead of stdout")
     s = sub.add_parser("serve", help="serve a built site on localhost")
     s.add_argument("--dir", default="site", help="the built site (default: site)")
     s.add_argument("--port", type=int, default=8000, help="port (default: 8000; 0 picks a free one)")
@@ -264,7 +335,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = parser.parse_args(argv)
         if args.command is None:
-            raise UsageError("choose a command: build or serve (cab leaderboard build --help)")
+            raise UsageError("choose a command: build, table or serve (cab leaderboard build --help)")
+        if args.command == "table":
+            from cab.patterns import Pattern
+
+            valid = [p.value for p in Pattern]
+            if args.pattern is not None and args.pattern not in valid:
+                raise UsageError(f"unknown pattern {args.pattern!r}; choose one of: {', '.join(valid)}")
+            text = markdown_tables(args.results, args.normalisation, args.pattern)
+            if args.out:
+                Path(args.out).write_text(text + "\n")
+            else:
+                print(text)
+            return 0
         if args.command == "build":
             summary = build(args.results, args.out, args.normalisation, args.freeze_normalisation)
             if not args.quiet:

@@ -388,3 +388,17 @@ def test_run_shard_hash_is_stable():
     assert lbd.fnv1a("") == 0x811C9DC5
     assert lbd.fnv1a("a") == 0xE40C292C
     assert lbd.run_shard("af161951461664d6") == f"{lbd.fnv1a('af161951461664d6') % 256:02x}"
+
+
+def test_markdown_table_matches_the_sites_cells(tmp_path, capsys):
+    records = [train_record("softmax", "mqar", "causal_self", seed=s, metrics={"accuracy": a, "loss": 1.0})
+               for s, a in ((0, 0.5), (1, 0.7))]
+    records.append(train_record("oom_att", "mqar", "causal_self", status="oom"))
+    results = tmp_path / "results"
+    write_records(records, results)
+    text = leaderboard.markdown_tables(results, normalisation=tmp_path / "none.json", warn=None)
+    assert "### causal_self · scale cpu · cpu-2c" in text
+    assert "| softmax | 0.600 ± 0.141 (2) |" in text  # sample standard deviation over the two seeds
+    assert "| oom_att | oom |" in text
+    assert leaderboard.main(["table", "--results", str(results), "--pattern", "sideways"]) == 2
+    assert "choose one of: noncausal_self, causal_self" in capsys.readouterr().err
