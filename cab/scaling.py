@@ -35,6 +35,9 @@ def scaling_exponent(points: list[dict], key: str, top: int = 3, min_length: int
     return slope, [int(n) for n, _ in values]
 
 
+QUADRATIC_BASELINE_MIN_EXPONENT = 1.5  # CAB's fit presumes a quadratic baseline
+
+
 def _polyfit(xs: list[float], ys: list[float], degree: int) -> list[float]:
     """Least-squares polynomial coefficients, highest power first (numpy.polyfit's order)."""
     import numpy as np
@@ -49,13 +52,18 @@ def cab_fit_length(
     fit the baseline's cost with a·L² + b·L + c and the method's with d·L + e (each over its own ok
     points), and return the larger real root of a·L² + (b−d)·L + (c−e) = 0, the length beyond
     which the fitted method is cheaper. None: too few points (3 baseline, 2 method), or the fits
-    never meet at a positive length. `drop_shortest_method`: leave the method's shortest point out
+    never meet at a positive length, or the baseline is not superlinear in `key` (its scaling
+    exponent below 1.5, e.g. SDPA's memory: a quadratic fit of a line meets the method's line at a
+    meaningless length, such as hundreds of millions). `drop_shortest_method`: leave the method's shortest point out
     of its line, as CAB's script does for time (its unsynchronised timings at L=256 were launch
     overhead); with it, CAB's cost.xlsx gives its published ABC figures, 1,877 (time) and 70 (memory).
     Our timings are synchronised, so `efficiency_lengths` keeps every point."""
     base = _ok_values(baseline_points, key)
     meth = _ok_values(method_points, key)[1 if drop_shortest_method else 0:]
     if len(base) < 3 or len(meth) < 2:
+        return None
+    exponent, _ = scaling_exponent(baseline_points, key)
+    if exponent is None or exponent < QUADRATIC_BASELINE_MIN_EXPONENT:
         return None
     a, b, c = _polyfit([n for n, _ in base], [v for _, v in base], 2)
     d, e = _polyfit([n for n, _ in meth], [v for _, v in meth], 1)

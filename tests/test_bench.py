@@ -296,6 +296,14 @@ def test_cab_fit_none_when_the_fits_never_meet():
     assert cab_fit_length(curve(lambda n: 10.0 * n + 1e6), concave, key) is None
 
 
+def test_cab_fit_needs_a_quadratic_baseline():
+    key = "peak_memory_bytes"  # SDPA's memory is linear: CAB's quadratic fit of it means nothing
+    sdpa_like = curve(lambda n: 1000.0 * n + 1e-6 * n * n, key)  # exponent ~1.0 over the top lengths
+    assert cab_fit_length(curve(lambda n: 4000.0 * n, key), sdpa_like, key) is None
+    vanilla_like = curve(lambda n: 8.0 * n * n, key)
+    assert cab_fit_length(curve(lambda n: 4000.0 * n, key), vanilla_like, key) == pytest.approx(500)
+
+
 # ---------------------------------------------------------------------------------------------
 # the bench job: records, sweeps that stop, skipping, the lock
 
