@@ -177,10 +177,23 @@ def build_tables(records: Iterable[dict[str, Any]], normalisation: dict[str, Any
     the count of each status, the runs (id, seed, status) and, where no seed succeeded, the status to
     show with its reason or error message. Reference rows come from the records' `reference_metrics`.
     """
-    by_table: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
+    records = [r for r in records if r.get("kind") == "train"]
+    # `unsupported` is a property of attention × pattern, whatever the task's variant; such records
+    # never build the task, so they carry no variant: show them in each variant's column
+    variants: dict[str, set[str]] = defaultdict(set)
     for r in records:
-        if r.get("kind") == "train":
-            by_table[(scale_of(r), hardware_of(r), r["pattern"])].append(r)
+        if "/" in r["task"]:
+            base, variant = r["task"].split("/", 1)
+            variants[base].add(variant)
+    spread = []
+    for r in records:
+        if r["status"] == "unsupported" and r["task"] in variants:
+            spread += [dict(r, task=f"{r['task']}/{v}") for v in sorted(variants[r["task"]])]
+        else:
+            spread.append(r)
+    by_table: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
+    for r in spread:
+        by_table[(scale_of(r), hardware_of(r), r["pattern"])].append(r)
     tables = []
     for (scale, hardware, pattern), recs in sorted(by_table.items()):
         tables.append(_build_table(scale, hardware, pattern, recs, normalisation, warn))

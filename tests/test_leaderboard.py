@@ -402,3 +402,15 @@ def test_markdown_table_matches_the_sites_cells(tmp_path, capsys):
     assert "| oom_att | oom |" in text
     assert leaderboard.main(["table", "--results", str(results), "--pattern", "sideways"]) == 2
     assert "choose one of: noncausal_self, causal_self" in capsys.readouterr().err
+
+
+def test_unsupported_records_fill_every_variant_column(tmp_path):
+    ok = train_record("softmax", "gcog", "noncausal_self")
+    ok["task_variant"] = "distractor"
+    unsupported = train_record("self_less", "gcog", "noncausal_self", status="unsupported")
+    assert not unsupported.get("task_variant")  # the task is never built for an unsupported cell
+    out, _ = build(tmp_path, [ok, unsupported])
+    table = table_of(out, "noncausal_self")
+    assert list(table["tasks"]) == ["gcog/distractor"]
+    cells = {c["row"].split("\x00")[0]: c for c in table["cells"]}
+    assert cells["self_less"]["task"] == "gcog/distractor" and cells["self_less"]["status"] == "unsupported"
