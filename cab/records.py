@@ -185,9 +185,12 @@ def validate(record: Any) -> list[str]:
 
 
 def iter_records(results_dir: str | Path) -> Iterator[tuple[Path, dict[str, Any] | None, list[str]]]:
-    """(path, record or None, problems) for every *.json under `results_dir`, recursively."""
-    for path in sorted(Path(results_dir).rglob("*.json")):
-        if path.name.startswith("."):
+    """(path, record or None, problems) for every *.json under `results_dir`, recursively, except
+    hidden files and folders: a sweep's crash markers (`.running/`) and Hydra's logs (`.hydra/`)
+    are not records, and a site built while a sweep runs must not report them as malformed."""
+    root = Path(results_dir)
+    for path in sorted(root.rglob("*.json")):
+        if any(part.startswith(".") for part in path.relative_to(root).parts):
             continue
         try:
             record = read_record(path)

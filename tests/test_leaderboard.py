@@ -414,3 +414,31 @@ def test_unsupported_records_fill_every_variant_column(tmp_path):
     assert list(table["tasks"]) == ["gcog/distractor"]
     cells = {c["row"].split("\x00")[0]: c for c in table["cells"]}
     assert cells["self_less"]["task"] == "gcog/distractor" and cells["self_less"]["status"] == "unsupported"
+
+
+def test_published_records_are_valid_and_explain_every_failure():
+    """leaderboard/results holds the published records: all load, every non-ok cell says why, and
+    the efficiency grid covers every registered attention on both self patterns."""
+    from cab.registry import list_attentions
+
+    results = Path(__file__).resolve().parents[1] / "leaderboard" / "results"
+    records, skipped = lbd.load_records(results)
+    assert records and skipped == []
+    for r in records:
+        if r["status"] == "unsupported":
+            assert r.get("reason"), r["run_id"]
+        elif r["status"] != "ok":
+            assert (r.get("error") or {}).get("message"), r["run_id"]
+    measured = {(r["attention"], r["pattern"]) for r in records if r.get("kind") == "efficiency"}
+    for name in list_attentions():
+        assert {(name, "causal_self"), (name, "noncausal_self")} <= measured, name
+
+
+def test_crash_markers_and_hydra_logs_are_not_records(tmp_path):
+    results = tmp_path / "results"
+    write_records([train_record("softmax", "mqar", "causal_self")], results)
+    for hidden in (".running", ".hydra/multirun/0"):
+        (results / hidden).mkdir(parents=True)
+        (results / hidden / "abc.json").write_text('{"pid": 1, "record": {}}')
+    records, skipped = lbd.load_records(results)
+    assert len(records) == 1 and skipped == []
