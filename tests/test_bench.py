@@ -182,30 +182,44 @@ def test_isolated_point_past_its_time_is_timeout():
 # CPU memory is a real measurement
 
 
-@pytest.mark.slow  # fresh processes (a few seconds each)
+_FAULTS_SCRIPT = """
+import json, resource, torch
+from cab.efficiency import held_heap
+
+def faults_of_a_second_big_tensor():
+    # 65 MiB, freed at once: the block a warm-up call leaves for the timed call (a little larger,
+    # as glibc's aligned allocation asks for a few bytes more than the 64 MiB that follow)
+    torch.empty(2**24 + 2**18).fill_(1.0)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    torch.empty(2**24).fill_(1.0)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+default = faults_of_a_second_big_tensor()
+with held_heap("cpu") as method:
+    held = faults_of_a_second_big_tensor() if method else None
+with held_heap("cuda") as cuda_method:
+    pass
+print(json.dumps({"default": default, "held": held, "cuda": cuda_method}))
+"""
+
+
 def test_timed_calls_reuse_freed_memory_instead_of_faulting_it_in_again():
     """glibc maps every block of 32 MiB or more afresh; inside held_heap a freed block is reused, so
-    a second 64 MiB tensor costs no page faults (16,384 of them with glibc's defaults)."""
-    import resource
+    a 64 MiB tensor allocated where a 65 MiB one was freed costs no page faults (16,384 of them with
+    glibc's defaults). In a fresh process, as `cab bench` takes every CPU point."""
+    import json
+    import subprocess
+    import sys
 
-    from cab.efficiency import held_heap
-
-    def faults_of_a_second_big_tensor():
-        torch.empty(2**24).fill_(1.0)  # 64 MiB, freed at once
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        torch.empty(2**24).fill_(1.0)
-        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-
-    with held_heap("cpu") as method:
-        if method is None:
-            pytest.skip("not glibc")
-        held = faults_of_a_second_big_tensor()
-    default = faults_of_a_second_big_tensor()
-    assert held < 1_000 < 10_000 < default, (held, default)
-    with held_heap("cuda") as method:
-        assert method is None  # the CUDA caching allocator already reuses memory
+    out = subprocess.run([sys.executable, "-c", _FAULTS_SCRIPT], capture_output=True, text=True, check=True)
+    faults = json.loads(out.stdout.strip().splitlines()[-1])
+    if faults["held"] is None:
+        pytest.skip("not glibc")
+    assert faults["held"] < 1_000 < 10_000 < faults["default"], faults
+    assert faults["cuda"] is None  # the CUDA caching allocator already reuses memory
 
 
+@pytest.mark.slow  # fresh processes (a few seconds each)
 def test_cpu_memory_shows_vanillas_quadratic_growth_and_linears_linear_growth():
     def mem(name, length):
         p = measure_point_isolated(attention=name, pattern="noncausal_self", length=length, dim=64, num_heads=8,
