@@ -30,9 +30,9 @@ from cab.patterns import Pattern
 from cab.records import (
     SCHEMA,
     command_line,
-    job_command,
     environment,
     hardware_label,
+    job_command,
     iter_records,
     now_iso,
     read_record,

@@ -20,9 +20,9 @@ from cab.patterns import Pattern
 from cab.records import (
     SCHEMA,
     command_line,
-    job_command,
     environment,
     hardware_label,
+    job_command,
     now_iso,
     read_record,
     run_id_of,
