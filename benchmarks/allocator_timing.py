@@ -81,7 +81,7 @@ def main() -> None:
     lines = [
         "# Allocator and CPU timing: per-token forward time, glibc defaults against the held heap",
         "",
-        f"`python benchmarks/allocator_timing.py` on {platform.processor() or platform.machine()}, "
+        f"`python benchmarks/allocator_timing.py {' '.join(sys.argv[1:])}` on {platform.processor() or platform.machine()}, "
         f"torch {torch.__version__}, one thread; noncausal self, batch 1, 8 heads, width 512, eval, no grad; "
         f"median of {args.repeats} calls after one warm-up, each point in a fresh process. Cells: µs per token. "
         f"Exponent: slope of log time on log length over the top three lengths.",

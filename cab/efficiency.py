@@ -7,7 +7,8 @@ call is slow enough to blow `max_seconds`); the record keeps the median and the 
 On CUDA the clock is read only after `torch.cuda.synchronize()`, before the start and after the
 call, so a sample is the work done, not the launch. On CPU the thread count is fixed
 (`threads`) and recorded, and glibc keeps freed memory for reuse during the timed calls
-(`held_heap`), so time is the computation and not the page faults of fresh mmaps. Forward is timed in eval mode under `torch.no_grad()`; forward+backward
+(`held_heap`), so time is the computation and not the page faults of fresh mmaps. Forward is
+timed in eval mode under `torch.no_grad()`; forward+backward
 in train mode, input gradients on, `.grad` cleared before each call so every call is the same.
 
 Memory: CUDA: `max_memory_allocated()` after `reset_peak_memory_stats()`, minus the bytes allocated
@@ -177,10 +178,11 @@ def held_heap(device: str):
     """Time the computation, not the kernel's page faults. glibc serves every block of 32 MiB or
     more with a fresh mmap and unmaps it on free, so on CPU each call pays page faults and the
     zeroing of every large temporary again; that cost jumps as tensors cross 32 MiB (at width 512,
-    past length 16,384) and made linear-time methods look superlinear (exponents 1.2-1.5 measured
-    over 4,096-16,384). With mmap off and trimming off, freed blocks are reused, as by torch's CUDA
-    caching allocator or by jemalloc/tcmalloc, which PyTorch recommends for CPU. Yields the
-    method's description (None when not applied: CUDA, or no glibc)."""
+    past length 16,384) and bends linear-time curves upwards (benchmarks/results/allocator_timing.md).
+    With mmap off and trimming off, a freed block is kept and reused by any later request it fits,
+    close to torch's CUDA caching allocator or jemalloc/tcmalloc (PyTorch's CPU advice), though
+    glibc does not guarantee every block is reused. Yields the method's description (None when not
+    applied: CUDA, or no glibc)."""
     applied = not device.startswith("cuda") and _mallopt(_M_MMAP_MAX, 0) and _mallopt(_M_TRIM_THRESHOLD, -1)  # -1: never trim
     try:
         yield HEAP_TIMING if applied else None
