@@ -37,8 +37,8 @@ def _subnormals_as_zero(device: torch.device):
     """The CPU's flush-to-zero / denormals-are-zero mode for the causal loop. Its per-position
     softmax sharpens as the prefix sums grow, so the exponentials underflow into subnormals, which
     x86 computes through slow microcode assists: per-token time grew past L = 8192 (time exponent
-    1.26 over 8192-32768; at 32768, 880-1000 µs per token without the mode, 580-690 with it; no
-    difference at 4096). The values it zeroes are below 1.2e-38, which `_flush_subnormal` zeroes
+    1.26 over 8192-32768; benchmarks/results/channel_subnormals.md: at 32768, 591-707 µs per token
+    without the mode, 444-491 with it; no difference at 4096). The values it zeroes are below 1.2e-38, which `_flush_subnormal` zeroes
     anyway. torch has no getter for the mode: it is switched off again afterwards."""
     on = device.type == "cpu" and torch.set_flush_denormal(True)
     try:
