@@ -10,8 +10,10 @@ Linear attention with a ReLU feature map and a cos re-weighting of the pair (i, 
 
 M: noncausal, M = max(Lq, Lk) as in the paper (over the real, unpadded lengths, so appended
 padding changes nothing). Causal self: the paper's M is the total length, which leaks the future
-(CAB marks causal ✗); here M = `max_len`, a fixed constant, so the re-weighting does not depend on
-the sequence length (sequences must not exceed max_len; cos stays >= 0 for |i-j| <= M).
+(CAB marks causal ✗); here M = `max_len`, fixed when the layer is built, so the re-weighting does
+not depend on the sequence length (sequences must not exceed max_len; cos stays >= 0 for
+|i-j| <= M). In a run, max_len is the task's longest sequence (cab.task.AttentionFactory), the
+paper's M for a fixed-length task; built directly, 16384.
 Causal cross is unsupported: with M = max(Lq, Lk) each output depends on the number of queries.
 FLOPs per head: noncausal 2·Lk·2Dh·(Dh+1) + 2·Lq·2Dh·(Dh+1); causal
 `causal_linear_flops(L, 2Dh, Dh+1, C)`; the cos/sin weights are elementwise.

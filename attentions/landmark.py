@@ -22,6 +22,12 @@ Causal self: only earlier, complete blocks are retrievable, the own block is tok
 Noncausal: every other block is retrievable and the own block is fully visible.
 Padding: padded keys are masked inside blocks and left out of landmark means; all-padding blocks
 are never retrieved.
+
+Short sequences (n·ℓ <= `DENSE_MAX_KEYS` keys): gathering k·ℓ keys per query copies k·ℓ·Dh numbers
+per query, and the gather's backward is a scatter, which makes training at L = 256 several times
+slower than dense attention. There the same sum is taken densely: every query scores every key
+(n·ℓ per query, a matrix product), and the weights w_g·p_g(j) are zero outside the retrieved
+blocks. The two paths are equal (tested); `core_flops` counts the path that runs.
 """
 
 from __future__ import annotations
@@ -34,6 +40,8 @@ from torch import nn
 from cab import MultiHeadAttention, Pattern, register_attention
 
 from ._part2_common import pad_length, safe_softmax
+
+DENSE_MAX_KEYS = 1024  # up to this many keys, retrieved blocks are read densely (see the docstring)
 
 _CROSS = "not ported: landmarks and the own-block softmax are defined on one sequence (the paper is a decoder LM)"
 
@@ -90,6 +98,9 @@ class LandmarkAttention(MultiHeadAttention):
         land = land.masked_fill(~allowed[:, None, :, None, :], float("-inf"))
         top = torch.topk(land, kk, dim=-1)  # per query and head
         idx, land_sel = top.indices, top.values  # (B, H, nc, ℓ, k)
+        w_land, w_own = self._grouped_weights(q, kb, keep, land_sel, c0, kk, scale)
+        if n * ell <= DENSE_MAX_KEYS:
+            return self._read_dense(q, kb, vb, keep, idx, w_land, scale) + w_own @ vb[:, :, c0 : c0 + nc]
         # gather the retrieved blocks' keys and values by advanced indexing (small index tensors):
         bi = torch.arange(b, device=q.device).view(b, 1, 1, 1, 1)
         hi = torch.arange(h, device=q.device).view(1, h, 1, 1, 1)
@@ -98,22 +109,40 @@ class LandmarkAttention(MultiHeadAttention):
         tok_keep = keep[bi, idx]  # (B, H, nc, ℓ, k, ℓ)
         scores = ((q * scale)[..., None, :] @ k_sel.transpose(-1, -2)).reshape(b, h, nc, ell, kk, ell)
         p_in = safe_softmax(scores.masked_fill(~tok_keep, float("-inf")), dim=-1)  # inside each retrieved block
-        # own block
+        per_block = (p_in[..., None, :] @ v_sel).squeeze(-2)  # (B, H, nc, ℓ, k, Dh)
+        return (w_land[..., None] * per_block).sum(-2) + w_own @ vb[:, :, c0 : c0 + nc]
+
+    def _grouped_weights(self, q, kb, keep, land_sel, c0, kk, scale):
+        """The grouped softmax over [retrieved landmarks, own-block tokens]:
+        w_land (B, H, nc, ℓ, k) and w_own (B, H, nc, ℓ, ℓ)."""
+        nc, ell = q.shape[2], q.shape[3]
         own = (q * scale) @ kb[:, :, c0 : c0 + nc].transpose(-1, -2)  # (B, H, nc, ℓ, ℓ)
         own_ok = keep[:, c0 : c0 + nc, None, :]  # (B, nc, 1, ℓ)
         if self.causal:
             own_ok = own_ok & torch.ones(ell, ell, dtype=torch.bool, device=q.device).tril()
         own = own.masked_fill(~own_ok[:, None], float("-inf"))
-        # grouped softmax over [retrieved landmarks, own-block tokens]
         w = safe_softmax(torch.cat([land_sel, own], dim=-1), dim=-1)
-        w_land, w_own = w[..., :kk], w[..., kk:]
-        per_block = (p_in[..., None, :] @ v_sel).squeeze(-2)  # (B, H, nc, ℓ, k, Dh)
-        return (w_land[..., None] * per_block).sum(-2) + w_own @ vb[:, :, c0 : c0 + nc]
+        return w[..., :kk], w[..., kk:]
+
+    @staticmethod
+    def _read_dense(q, kb, vb, keep, idx, w_land, scale):
+        """Σ_g w_g Σ_{j in g} p_g(j) v_j over the retrieved blocks g, with every key scored densely."""
+        b, h, nc, ell, d = q.shape
+        n = kb.shape[2]
+        scores = ((q * scale).reshape(b, h, nc * ell, d) @ kb.reshape(b, h, n * ell, d).transpose(-1, -2))
+        # a finite mask lets the fused softmax run: an all-padding block gets uniform p, but it is never
+        # retrieved (w_g = 0), and a masked key's exp underflows to exactly 0 in a block with real keys
+        scores = scores.reshape(b, h, nc, ell, n, ell).masked_fill(~keep[:, None, None, None], torch.finfo(q.dtype).min)
+        p_in = torch.softmax(scores, dim=-1)  # p_g(j) for every block g, (B, H, nc, ℓ, n, ℓ)
+        w_block = torch.zeros(b, h, nc, ell, n, dtype=q.dtype, device=q.device).scatter(-1, idx, w_land)  # 0 if not retrieved
+        weights = (w_block[..., None] * p_in).reshape(b, h, nc * ell, n * ell)
+        return (weights @ vb.reshape(b, h, n * ell, d)).reshape(b, h, nc, ell, d)
 
     def core_flops(self, batch: int, len_q: int, len_k: int) -> int:
         d = self.head_dim
         ell = min(self.block_size, len_q)
         n = -(-len_q // ell)
         kk = self._k_eff(n)
-        per_query = 2 * n * d + 4 * kk * ell * d + 4 * ell * d  # landmark scores, retrieved blocks, own block
+        read = n * ell if n * ell <= DENSE_MAX_KEYS else kk * ell  # keys scored and read per query
+        per_query = 2 * n * d + 4 * read * d + 4 * ell * d  # landmark scores, retrieved blocks, own block
         return batch * self.num_heads * n * ell * per_query

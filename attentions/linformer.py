@@ -10,7 +10,8 @@ The length is bounded by `max_len` (a sequence of Lk <= max_len uses E[:Lk]). Pa
 values are zeroed before the projection, so they add nothing. Each projected row mixes every
 position, so causal self is impossible; cross works with keys from the source (Lk <= max_len),
 and causal cross holds because queries never interact.
-Defaults: k = 256 (paper); max_len = 16384 (long enough for the efficiency lengths).
+Defaults: k = 256 (paper); max_len: the task's longest key length in a run (cab.task.AttentionFactory)
+and the point's length in `cab bench`, as the paper sizes E and F to n; 16384 if built directly.
 FLOPs per head: 2·Lk·k·Dh twice (projections), 2·Lq·k·Dh twice (QK̄ᵀ and P·V̄).
 """
 

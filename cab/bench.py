@@ -280,11 +280,12 @@ def _run_direction(config, attention, hparams, pattern, direction, measure_fn, c
 
 
 def _params(attention: str, hparams: dict, pattern: Pattern, config: dict) -> int | None:
-    from cab.registry import build_attention
+    from cab.registry import build_attention, with_length_bound
 
     try:
+        longest = max(resolve_lengths(config))  # params of a length-bounded attention: at the longest length
         layer = build_attention(attention, dim=int(config["dim"]), num_heads=int(config["num_heads"]),
-                                pattern=pattern, **hparams)
+                                pattern=pattern, **with_length_bound(attention, hparams, longest))
     except Exception:  # noqa: BLE001 - the points already say what failed
         return None
     return sum(p.numel() for p in layer.parameters())

@@ -12,7 +12,7 @@ from importlib import resources
 from typing import Iterable
 
 from cab.patterns import Pattern
-from cab.registry import ChoiceError, attention_spec, import_modules, list_attentions, list_tasks, task_spec
+from cab.registry import LENGTH_HPARAM, ChoiceError, attention_spec, import_modules, list_attentions, list_tasks, task_spec
 
 _PRIMITIVE = (int, float, str, bool, type(None))
 
@@ -34,6 +34,8 @@ def register_configs() -> None:
         if name in presets:
             continue
         defaults = {k: v for k, v in attention_spec(name).default_hparams().items() if isinstance(v, _PRIMITIVE)}
+        if LENGTH_HPARAM in defaults:
+            defaults[LENGTH_HPARAM] = None  # null: the task's longest key length (cab.task.AttentionFactory)
         store.store(group="attention", name=name, node={"name": name, **defaults})
 
 

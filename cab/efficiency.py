@@ -43,7 +43,7 @@ from typing import Any, Callable
 import torch
 
 from cab.patterns import Pattern
-from cab.registry import build_attention, import_modules
+from cab.registry import build_attention, import_modules, with_length_bound
 from cab.scaling import cab_fit_length, crossing_length, efficiency_lengths, scaling_exponent  # noqa: F401 (re-exported)
 
 FLOPS_CONVENTION = "forward FLOPs of the layer by its analytic formula, 2 FLOPs per multiply-add"
@@ -270,7 +270,9 @@ def measure_point(
     point = Point(attention, pattern.value, length, "ok", threads=torch.get_num_threads(), device=device)
     try:
         torch.manual_seed(seed)
-        layer = build_attention(attention, dim=dim, num_heads=num_heads, pattern=pattern, **(hparams or {}))
+        # a length-bounded attention (Linformer) is built for this point's length, as its paper sizes it
+        layer = build_attention(attention, dim=dim, num_heads=num_heads, pattern=pattern,
+                                **with_length_bound(attention, hparams or {}, length))
         layer = layer.to(device=device, dtype=getattr(torch, dtype))
         layer.train(backward)
         point.flops = int(layer.flops(batch, length, length))

@@ -2,7 +2,7 @@
 
     cab leaderboard build [--results DIR] [--out DIR] [--normalisation FILE] [--freeze-normalisation]
     cab leaderboard serve [--dir DIR] [--port N]
-    cab leaderboard table [--results DIR] [--pattern P] [--out FILE]   # the overview as markdown
+    cab leaderboard table [--results DIR] [--pattern P] [--out FILE | --into DOC.md]   # the overview as markdown
 
 The site is static and works from file://: the pages (leaderboard/*.html, assets/*) are copied as
 they are, and the data is written as small JavaScript files that assign JSON to `window.CAB_DATA`
@@ -307,6 +307,18 @@ def markdown_tables(results: str | Path, normalisation: str | Path | None = None
 # command line
 
 
+TABLES_BLOCK = re.compile(r"<!-- tables:start(?::[^>]*)? -->\n.*?<!-- tables:end -->", re.S)
+
+
+def replace_tables_block(doc: Path, tables: str, command: str) -> None:
+    """Put `tables` between the markers in `doc` (docs/results.md), naming the command that printed them."""
+    text = doc.read_text()
+    if not TABLES_BLOCK.search(text):
+        raise UsageError(f"{doc} has no '<!-- tables:start -->' ... '<!-- tables:end -->' block to replace")
+    block = f"<!-- tables:start: {command} -->\n{tables.strip()}\n\n<!-- tables:end -->"
+    doc.write_text(TABLES_BLOCK.sub(lambda _: block, text, count=1))
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="cab leaderboard", description="Build or serve the static leaderboard site.")
     sub = parser.add_subparsers(dest="command", parser_class=_Parser)
@@ -323,6 +335,8 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--normalisation", default=None, help="frozen z-score constants (default: the package's)")
     t.add_argument("--pattern", default=None, help="one pattern only")
     t.add_argument("--out", default=None, help="write to this file instead of stdout")
+    t.add_argument("--into", default=None, metavar="FILE.md",
+                   help="replace the block between '<!-- tables:start... -->' and '<!-- tables:end -->' in FILE.md")
     s = sub.add_parser("serve", help="serve a built site on localhost")
     s.add_argument("--dir", default="site", help="the built site (default: site)")
     s.add_argument("--port", type=int, default=8000, help="port (default: 8000; 0 picks a free one)")
@@ -343,7 +357,9 @@ def main(argv: list[str] | None = None) -> int:
             if args.pattern is not None and args.pattern not in valid:
                 raise UsageError(f"unknown pattern {args.pattern!r}; choose one of: {', '.join(valid)}")
             text = markdown_tables(args.results, args.normalisation, args.pattern)
-            if args.out:
+            if args.into:
+                replace_tables_block(Path(args.into), text, f"cab leaderboard table --results {args.results}")
+            elif args.out:
                 Path(args.out).write_text(text + "\n")
             else:
                 print(text)

@@ -299,12 +299,16 @@ def _reference_rows(tasks: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
 
     A task reports them as `reference_metrics: {name: value}`; a name that starts with one of the
     task's metric names plus "_" belongs to that metric ("accuracy_guess_a_context_value" is the
-    accuracy of guessing a context value); any other name is taken to be in the primary metric."""
+    accuracy of guessing a context value); any other name is taken to be in the primary metric, unless
+    it holds a "/": such a name ("novel_instruction_fraction/distractors_10") describes the task's
+    data rather than scoring a baseline, and stays on the run page only."""
     rows: dict[str, dict[str, Any]] = {}
     for task, info in tasks.items():
         metric_names = sorted(info["metric_info"], key=len, reverse=True)
         for name, value in info["references"].items():
             metric = next((m for m in metric_names if name.startswith(m + "_")), None)
+            if metric is None and "/" in name:
+                continue
             label = name[len(metric) + 1:] if metric else name
             metric = metric or info["primary_metric"]
             row = rows.setdefault(label, {"label": label.replace("_", " "), "values": {}})

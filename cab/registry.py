@@ -134,6 +134,24 @@ def register_attention(
     return decorator
 
 
+# A hyperparameter of this name bounds the sequence length an attention is defined for (Linformer's
+# E and F, cosFormer's causal M). In a run it defaults to the task's longest key length
+# (cab.task.AttentionFactory); built directly, the class default applies.
+LENGTH_HPARAM = "max_len"
+
+
+def with_length_bound(name: str, hparams: dict[str, Any], max_len: int | None) -> dict[str, Any]:
+    """`hparams` with LENGTH_HPARAM set to `max_len` where attention `name` takes one and the config
+    left it unset or null; with no `max_len` known, a null is dropped so the class default applies."""
+    hparams = dict(hparams)
+    if hparams.get(LENGTH_HPARAM) is None and LENGTH_HPARAM in attention_spec(name).default_hparams():
+        if max_len:
+            hparams[LENGTH_HPARAM] = int(max_len)
+        else:
+            hparams.pop(LENGTH_HPARAM, None)
+    return hparams
+
+
 def attention_spec(name: str) -> AttentionSpec:
     return _ATTENTIONS.get(name)
 

@@ -206,13 +206,15 @@ def _train_and_evaluate(record, config, attention, attention_hparams, task_name,
 
     spec = task_spec(task_name)
     task = spec.cls(pattern=pattern, seed=seed, **task_params)
-    factory = AttentionFactory(attention, pattern, attention_hparams)
+    factory = AttentionFactory(attention, pattern, attention_hparams, lengths=task.attention_lengths())
     model = task.build_model(factory).to(device)
     record["metric_info"] = {k: v.as_dict() for k, v in task.metric_info.items()}
     record["primary_metric"] = task.primary_metric
     record["task_variant"] = task.variant()
     record["reference_metrics"] = task.reference_metrics()
-    record["attention_info"] = {k: v for layer in factory.layers_under_test for k, v in layer.runtime_info().items()}
+    built_with = {**attention_spec(attention).default_hparams(), **factory.hparams_for(Pattern.parse(pattern))}
+    record["attention_info"] = {"hparams": built_with,
+                                **{k: v for layer in factory.layers_under_test for k, v in layer.runtime_info().items()}}
 
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=float(trainer["lr"]), weight_decay=float(trainer.get("weight_decay", 0.0)),

@@ -136,6 +136,21 @@ def test_out_of_memory_is_an_oom_point(monkeypatch, exc):
     assert point.status == "oom" and point.error
 
 
+def test_length_bounded_attention_is_built_for_the_points_length(monkeypatch):
+    """Linformer's E and F are sized to the sequence, as its paper trains it: a bench point past the
+    class default of 16,384 runs instead of failing, and an explicit max_len still wins."""
+    built = []
+    real_build = efficiency.build_attention
+    monkeypatch.setattr(efficiency, "build_attention", lambda *a, **k: built.append(k.get("max_len")) or real_build(*a, **k))
+    point = measure_point("linformer", "noncausal_self", 16448, dim=8, num_heads=1, warmup=0, repeats=1,
+                          hparams={"proj_len": 4, "max_len": None}, measure_memory=False)
+    assert point.status == "ok", point.error
+    point = measure_point("linformer", "noncausal_self", 64, dim=8, num_heads=1, warmup=0, repeats=1,
+                          hparams={"proj_len": 4, "max_len": 32}, measure_memory=False)
+    assert point.status == "failed" and "exceeds max_len 32" in point.error
+    assert built == [16448, 32]
+
+
 def test_other_errors_are_failed_points(monkeypatch):
     monkeypatch.setattr(efficiency, "build_attention", lambda *a, **k: _ExplodingLayer(ValueError("bad shape")))
     point = measure_point("softmax", "causal_self", 64, dim=16, num_heads=2, warmup=0, repeats=1)

@@ -260,7 +260,8 @@ def test_reference_rows_follow_metric_prefix(tmp_path):
 def test_reference_names_map_to_metrics():
     # "mse_last_value" is the mse of the last-value baseline; a name with no metric prefix is in the primary metric
     tasks = {"t": {"primary_metric": "mse", "metric_info": {"mse": {}, "mae": {}, "mae_scaled": {}},
-                   "references": {"mse_last_value": 1.0, "mae_scaled_last_value": 2.0, "chance": 0.1}}}
+                   "references": {"mse_last_value": 1.0, "mae_scaled_last_value": 2.0, "chance": 0.1,
+                                  "novel_fraction/split_a": 0.0}}}  # a statistic of the data, not a baseline
     rows = {r["label"]: r["values"]["t"] for r in lbd._reference_rows(tasks)}
     assert rows == {"chance": {"mse": 0.1}, "last value": {"mse": 1.0, "mae_scaled": 2.0}}
 
@@ -402,6 +403,15 @@ def test_markdown_table_matches_the_sites_cells(tmp_path, capsys):
     assert "| oom_att | oom |" in text
     assert leaderboard.main(["table", "--results", str(results), "--pattern", "sideways"]) == 2
     assert "choose one of: noncausal_self, causal_self" in capsys.readouterr().err
+    doc = tmp_path / "results.md"
+    doc.write_text("# Results\n\n<!-- tables:start -->\nstale\n<!-- tables:end -->\n\nprose after\n")
+    assert leaderboard.main(["table", "--results", str(results), "--into", str(doc)]) == 0
+    written = doc.read_text()
+    assert "stale" not in written and "| oom_att | oom |" in written and written.endswith("prose after\n")
+    assert f"<!-- tables:start: cab leaderboard table --results {results} -->" in written
+    doc.write_text("no markers\n")
+    assert leaderboard.main(["table", "--results", str(results), "--into", str(doc)]) == 2
+    assert "has no '<!-- tables:start -->'" in capsys.readouterr().err
 
 
 def test_unsupported_records_fill_every_variant_column(tmp_path):
@@ -432,6 +442,36 @@ def test_published_records_are_valid_and_explain_every_failure():
     measured = {(r["attention"], r["pattern"]) for r in records if r.get("kind") == "efficiency"}
     for name in list_attentions():
         assert {(name, "causal_self"), (name, "noncausal_self")} <= measured, name
+
+
+PUBLISHED = Path(__file__).resolve().parents[1] / "leaderboard" / "results"
+RESULTS_DOC = Path(__file__).resolve().parents[1] / "docs" / "results.md"
+
+
+def test_published_grid_covers_every_attention_on_every_pattern():
+    """The CPU grid trains every registered attention on every pattern it claims, and records the
+    stated reason on every pattern it does not: nothing registered is missing from the board."""
+    from cab.patterns import ALL_PATTERNS
+    from cab.registry import attention_spec, list_attentions
+
+    records, _ = lbd.load_records(PUBLISHED / "cpu" / "train", warn=None)
+    seen = {(r["attention"], r["pattern"], r["status"] == "unsupported") for r in records}
+    for name in list_attentions():
+        spec = attention_spec(name)
+        for pattern in ALL_PATTERNS:
+            claimed = pattern in spec.patterns
+            assert (name, pattern.value, not claimed) in seen, (name, pattern.value)
+
+
+def test_results_doc_tables_are_the_committed_records():
+    """docs/results.md quotes `cab leaderboard table` on the committed records; a rerun of the grid
+    that changes a number must change the page too."""
+    text = RESULTS_DOC.read_text()
+    m = re.search(r"<!-- tables:start: cab leaderboard table --results (\S+) -->\n(.*?)<!-- tables:end -->",
+                  text, re.S)
+    assert m, "docs/results.md has no tables:start/tables:end block"
+    printed = leaderboard.markdown_tables(Path(__file__).resolve().parents[1] / m.group(1), warn=None)
+    assert m.group(2).strip() == printed.strip()
 
 
 def test_crash_markers_and_hydra_logs_are_not_records(tmp_path):

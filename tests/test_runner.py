@@ -105,3 +105,15 @@ def test_eval_every_records_the_learning_curve(smoke_config):
     assert [h["step"] for h in history] == [4, 8]  # the final evaluation is `metrics`
     assert set(history[0]) == {"step", *record["metrics"]}
     assert validate(record) == []
+
+
+@pytest.mark.parametrize("override, expected", [(None, 64), ("attention.max_len=96", 96)])
+def test_length_bounded_attention_gets_the_tasks_length(smoke_config, override, expected):
+    """Linformer's E and F are sized by max_len: the task's key length, not a 16,384 default that
+    would put 8M unused parameters into every layer; the config still wins, and the record says."""
+    config = smoke_config("attention=linformer", "task=mqar", "pattern=noncausal_self", "trainer.steps=2",
+                          "task.seq_len=64", *([override] if override else []))
+    record = run_job(config)
+    assert record["status"] == "ok", record["error"]
+    assert record["attention_info"]["hparams"]["max_len"] == expected
+    assert record["attention_info"]["hparams"]["proj_len"] == 256  # defaults are recorded too

@@ -170,6 +170,31 @@ def test_landmark_all_blocks_equals_dense_grouped_softmax(pattern, top_k):
         torch.testing.assert_close(layer.attend(q, k, v, None), landmark_reference(layer, q, k, v), atol=1e-10, rtol=1e-10)
 
 
+@pytest.mark.parametrize("pattern", ["causal_self", "noncausal_self"])
+def test_landmark_dense_read_equals_gathered_read(monkeypatch, pattern):
+    """Short sequences read the retrieved blocks densely; the result and its gradients must be the
+    gather path's, with top-k retrieval and padding."""
+    import cab.attentions.landmark as landmark_module
+
+    layer = make("landmark", pattern, block_size=5, top_k=2, query_chunk=10)
+    with torch.no_grad():
+        layer.landmark.normal_()
+    x = rand(2, 37, 32)
+    mask = torch.zeros(2, 37, dtype=torch.bool)
+    mask[1, 29:] = True
+    results = []
+    for dense_max_keys in (0, 10_000):  # gather everywhere, then dense everywhere
+        monkeypatch.setattr(landmark_module, "DENSE_MAX_KEYS", dense_max_keys)
+        layer.zero_grad()
+        out = layer(x, key_padding_mask=mask)
+        out[0].sum().backward()
+        results.append((out.detach(), layer.q_proj.weight.grad.clone()))
+    (gathered, g_grad), (dense, d_grad) = results
+    torch.testing.assert_close(dense[0], gathered[0], atol=1e-10, rtol=1e-10)
+    torch.testing.assert_close(dense[1, :29], gathered[1, :29], atol=1e-10, rtol=1e-10)
+    torch.testing.assert_close(d_grad, g_grad, atol=1e-9, rtol=1e-9)
+
+
 def test_landmark_top_k_retrieves_fewer_blocks():
     full = make("landmark", "causal_self", block_size=4, top_k=None)
     part = make("landmark", "causal_self", block_size=4, top_k=1)
@@ -178,7 +203,7 @@ def test_landmark_top_k_retrieves_fewer_blocks():
         a, b = full(x), part(x)
     torch.testing.assert_close(a[:, :8], b[:, :8])  # blocks 0-1 have at most one earlier block
     assert not torch.allclose(a[:, 12:], b[:, 12:])
-    assert part.flops(1, 400, 400) < full.flops(1, 400, 400)
+    assert part.flops(1, 4000, 4000) < full.flops(1, 4000, 4000)  # past DENSE_MAX_KEYS: only k blocks are read
 
 
 @pytest.mark.parametrize("pattern", list(Pattern))
