@@ -206,7 +206,7 @@ def _train_and_evaluate(record, config, attention, attention_hparams, task_name,
 
     spec = task_spec(task_name)
     task = spec.cls(pattern=pattern, seed=seed, **task_params)
-    factory = AttentionFactory(attention, pattern, attention_hparams, lengths=task.attention_lengths())
+    factory = AttentionFactory(attention, pattern, attention_hparams, lengths=task.longest_attention_lengths())
     model = task.build_model(factory).to(device)
     record["metric_info"] = {k: v.as_dict() for k, v in task.metric_info.items()}
     record["primary_metric"] = task.primary_metric

@@ -37,7 +37,7 @@ class AttentionFactory:
     """Builds every attention layer of a backbone: the mechanism under test where the layer's role
     is the pattern under test, exact softmax elsewhere. Keeps the layers under test for cost hooks.
 
-    `lengths` is the task's `attention_lengths()`, {role: (Lq, Lk)}. An attention with a `max_len`
+    `lengths` is the task's `longest_attention_lengths()`, {role: (Lq, Lk)}. An attention with a `max_len`
     hyperparameter (`cab.registry.LENGTH_HPARAM`) (Linformer's length projections, cosFormer's causal M) is defined for one longest
     sequence, as its paper trains it; unless the config sets `max_len`, it gets the task's longest key
     length for that role (the config node's `max_len` is null for this). A fixed large default would change the method (cosFormer's re-weighting)
@@ -135,3 +135,9 @@ class Task:
     def attention_lengths(self) -> dict[Pattern, tuple[int, int]]:
         """(Lq, Lk) seen by the attention of each role, for state sizes; optional."""
         return {}
+
+    def longest_attention_lengths(self) -> dict[Pattern, tuple[int, int]]:
+        """(Lq, Lk) of the longest sequences the attention of each role sees, in training or in
+        evaluation; a length-bounded attention (`max_len`) is built for these. Default:
+        `attention_lengths()`; a task that evaluates longer sequences (extrapolation) says so here."""
+        return self.attention_lengths()

@@ -96,6 +96,9 @@ class CharLMTask(Task):
     def attention_lengths(self):
         return {Pattern.CAUSAL_SELF: (self.seq_len, self.seq_len)}
 
+    def longest_attention_lengths(self):
+        return {Pattern.CAUSAL_SELF: (2 * self.seq_len, 2 * self.seq_len)}  # bpc_2x reads twice the context
+
     def _bpc(self, model, context: int) -> float:
         device = next(model.parameters()).device
         windows = tiled_windows(self.corpus.test, context + 1, stride=context, limit=self.eval_chars)

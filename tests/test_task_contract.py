@@ -23,3 +23,12 @@ def test_smoke_cell_reports_its_metrics(smoke_config, task, pattern):
     assert all(math.isfinite(v) for v in metrics.values())
     assert all(isinstance(v, (int, float)) and math.isfinite(v) for v in record["reference_metrics"].values())
     assert record["cost"]["flops_per_example"] > record["cost"]["attention_flops_per_example"] > 0
+
+
+@pytest.mark.parametrize("task,pattern", CELLS, ids=[f"{t}-{p.value}" for t, p in CELLS])
+def test_longest_lengths_bound_every_sequence_the_attention_sees(smoke_config, task, pattern):
+    """A length-bounded attention is built for the task's `longest_attention_lengths()`; a task that
+    trains or evaluates a longer sequence than it states fails here with "exceeds max_len"."""
+    bounded = "linformer" if pattern is Pattern.CAUSAL_CROSS else "cosformer"  # between them, every pattern
+    record = run_job(smoke_config(f"task={task}", f"pattern={pattern.value}", f"attention={bounded}", "trainer.steps=2"))
+    assert record["status"] == "ok", record["error"]
