@@ -235,6 +235,7 @@ def _build_table(scale, hardware, pattern, recs, normalisation, warn) -> dict[st
     for info in tasks.values():
         if info["primary_metric"] is None:
             info["primary_metric"] = next(iter(info["metric_info"]), None)
+        info["references"] = {name: sum(by_seed.values()) / len(by_seed) for name, by_seed in info["references"].items()}
     rows = sorted(row_keys.values(), key=lambda x: (x["attention"], x["variant"]))
     table = {"scale": scale, "hardware": hardware, "pattern": pattern, "tasks": dict(sorted(tasks.items())),
              "rows": rows, "cells": cells}
@@ -259,7 +260,8 @@ def _merge_task_info(info: dict[str, Any], r: dict[str, Any]) -> None:
         for name, value in refs.items():
             v = _number(value)
             if isinstance(name, str) and v is not None:
-                info["references"].setdefault(name, v)
+                # baselines can depend on the seed (a seed draws gCOG's test set): one value per seed
+                info["references"].setdefault(name, {}).setdefault(r.get("seed"), v)
     for name, value in (r.get("metrics") or {}).items():
         if isinstance(name, str) and name not in info["metric_info"] and _number(value) is not None:
             info["metric_info"][name] = {"higher_is_better": True, "description": "(no metric_info in the record)"}

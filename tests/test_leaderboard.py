@@ -257,6 +257,20 @@ def test_reference_rows_follow_metric_prefix(tmp_path):
     assert table_of(out, "causal_self")["references"] == [{"label": "unigram", "values": {"lm": {"perplexity": 210.0}}}]
 
 
+def test_seed_dependent_references_are_averaged_over_seeds(tmp_path):
+    """A baseline drawn with the data (gCOG's chance depends on the seed's test set) is the mean over
+    seeds, each seed counted once however many attentions ran it."""
+    records = []
+    for attention, seeds in (("a", (0, 1)), ("b", (0,)), ("c", (0,))):
+        for seed in seeds:
+            r = train_record(attention, "mqar", "causal_self", seed=seed)
+            r["reference_metrics"] = {"accuracy_chance": 0.30 if seed == 0 else 0.40}
+            records.append(r)
+    out, _ = build(tmp_path, records)
+    (row,) = [r for r in table_of(out, "causal_self")["references"] if r["label"] == "chance"]
+    assert row["values"]["mqar"]["accuracy"] == pytest.approx(0.35)
+
+
 def test_reference_names_map_to_metrics():
     # "mse_last_value" is the mse of the last-value baseline; a name with no metric prefix is in the primary metric
     tasks = {"t": {"primary_metric": "mse", "metric_info": {"mse": {}, "mae": {}, "mae_scaled": {}},
