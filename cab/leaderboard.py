@@ -118,8 +118,9 @@ def build(results: str | Path = "results", out: str | Path = "site", normalisati
         frozen = data.freeze_normalisation(tables, version=version, source=f"{len(records)} records from {results}")
         norm_path.parent.mkdir(parents=True, exist_ok=True)
         norm_path.write_text(json.dumps(frozen, indent=1, sort_keys=False) + "\n")
-        warn(f"froze normalisation v{version} ({sum(len(t) for p in frozen['constants'].values() for t in p.values())} "
-             f"scale x pattern tables) into {norm_path}")
+        patterns = [p for scale in frozen["constants"].values() for p in scale.values()]
+        warn(f"froze normalisation v{version} ({sum(len(p) for p in patterns)} task constants over "
+             f"{len(patterns)} scale x pattern tables) into {norm_path}")
     norm = read_normalisation(norm_path)
     if norm is None:
         warn(f"no normalisation file at {norm_path}: the site shows per-task scores but no aggregate "
