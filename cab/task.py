@@ -37,11 +37,12 @@ class AttentionFactory:
     """Builds every attention layer of a backbone: the mechanism under test where the layer's role
     is the pattern under test, exact softmax elsewhere. Keeps the layers under test for cost hooks.
 
-    `lengths` is the task's `longest_attention_lengths()`, {role: (Lq, Lk)}. An attention with a `max_len`
-    hyperparameter (`cab.registry.LENGTH_HPARAM`) (Linformer's length projections, cosFormer's causal M) is defined for one longest
-    sequence, as its paper trains it; unless the config sets `max_len`, it gets the task's longest key
-    length for that role (the config node's `max_len` is null for this). A fixed large default would change the method (cosFormer's re-weighting)
-    or cost (Linformer's E and F grow with max_len) on short tasks."""
+    `lengths` is the task's `longest_attention_lengths()`, {role: (Lq, Lk)}. An attention with a
+    `max_len` hyperparameter (`cab.registry.LENGTH_HPARAM`: Linformer's length projections, cosFormer's
+    causal M) is defined for one longest sequence, as its paper trains it. Unless the config sets
+    `max_len` (its config node holds null), it gets the task's longest key length for that role. A
+    fixed large default would change the method (cosFormer's re-weighting) or its cost (Linformer's
+    E and F grow with max_len) on short tasks."""
 
     BASELINE = "softmax"
 
