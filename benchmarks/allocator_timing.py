@@ -24,12 +24,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cab.bench import bench_lock  # noqa: E402
-from cab.scaling import scaling_exponent  # noqa: E402
+from cab.bench.job import bench_lock  # noqa: E402
+from cab.bench.scaling import scaling_exponent  # noqa: E402
 
 POINT = r"""
 import json, statistics, sys, time, torch
-from cab.efficiency import held_heap
+from cab.bench.measure import held_heap
 from cab.registry import build_attention
 name, length, held, repeats = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "held", int(sys.argv[4])
 torch.set_num_threads(1)

@@ -20,14 +20,14 @@ from pathlib import Path
 
 import torch
 
-from cab.efficiency import measure_point_isolated
-from cab.scaling import scaling_exponent
+from cab.bench.measure import measure_point_isolated
+from cab.bench.scaling import scaling_exponent
 
 LOCK = Path("/tmp/cab_bench.lock")
 
 
 def slope(points: dict[int, float | None], lengths: list[int]) -> list[str]:
-    """Log-log slope between each pair of consecutive lengths (cab.scaling's exponent on two points)."""
+    """Log-log slope between each pair of consecutive lengths (cab.bench.scaling's exponent on two points)."""
     out = []
     for a, b in zip(lengths, lengths[1:]):
         pair = [{"length": n, "value": points.get(n)} for n in (a, b)]

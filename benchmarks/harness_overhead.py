@@ -4,7 +4,7 @@
 
 1. Wall time of `cab --help` and of a smoke MQAR run (`cab run ... trainer=smoke`), in fresh
    processes, median of several.
-2. Training throughput (tokens/s) of `cab run`'s training loop (cab.runner.run_job) against a bare
+2. Training throughput (tokens/s) of `cab run`'s training loop (cab.run.runner.run_job) against a bare
    PyTorch loop that trains the same model (same task code, same batches, same optimizer and
    schedule) for the same number of steps, alternating the two, median of the repeats.
 """
@@ -38,7 +38,7 @@ def wall(cmd: list[str], repeats: int) -> list[float]:
 def bare_loop(config: dict) -> float:
     """Tokens/s of a plain loop: the same model, batches, optimizer and schedule as run_job."""
     from cab.registry import task_spec
-    from cab.task import AttentionFactory
+    from cab.run.factory import AttentionFactory
 
     trainer, seed = config["trainer"], int(config["seed"])
     torch.manual_seed(seed)
@@ -81,7 +81,7 @@ def main() -> None:
 
     from conftest import compose
 
-    from cab.runner import run_job
+    from cab.run.runner import run_job
 
     cab_bin = str(Path(sys.executable).with_name("cab"))
     help_times = wall([cab_bin, "--help"], args.repeats)

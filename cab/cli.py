@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         if command == "run":
             return _run(rest)
         if command == "bench":
-            from cab.bench import main as bench_main
+            from cab.bench.job import main as bench_main
 
             return bench_main(rest)
         if command == "list":
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
             print_listing()
             return 0
         if command == "leaderboard":
-            from cab.leaderboard import main as leaderboard_main
+            from cab.leaderboard.cli import main as leaderboard_main
 
             return leaderboard_main(rest)
     except ChoiceError as exc:
@@ -76,7 +76,7 @@ def _run(args: list[str]) -> int:
     preimport(args)
     register_configs()
     check_overrides(args, multirun)
-    from cab.app import run_app
+    from cab.run.app import run_app
 
     sys.argv = ["cab run", *args]
     try:

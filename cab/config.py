@@ -35,7 +35,7 @@ def register_configs() -> None:
             continue
         defaults = {k: v for k, v in attention_spec(name).default_hparams().items() if isinstance(v, _PRIMITIVE)}
         if LENGTH_HPARAM in defaults:
-            defaults[LENGTH_HPARAM] = None  # null: the task's longest key length (cab.task.AttentionFactory)
+            defaults[LENGTH_HPARAM] = None  # null: the task's longest key length (cab.run.factory.AttentionFactory)
         store.store(group="attention", name=name, node={"name": name, **defaults})
 
 
@@ -83,7 +83,7 @@ def check_overrides(args: Iterable[str], multirun: bool) -> None:
         except ValueError as exc:
             raise ChoiceError(str(exc)) from None
     if not multirun:
-        from cab.runner import check_cell
+        from cab.run.runner import check_cell
 
         tasks = chosen.get("task", ["mqar"])
         patterns = chosen.get("pattern", ["causal_self"])

@@ -2,7 +2,7 @@
 
     python scripts/screenshots.py [--results DIR] [--out DIR]
 
-Without --results the site is built from synthetic records (cab/leaderboard_demo.py; made-up
+Without --results the site is built from synthetic records (tests/leaderboard_fixture.py; made-up
 numbers, clearly not results). Needs Debian's chromium and the playwright package
 (.ci/install-browser); pages are opened from file:// exactly as a reader would.
 """
@@ -14,8 +14,10 @@ import shutil
 import sys
 from pathlib import Path
 
-from cab import leaderboard
-from cab.leaderboard_demo import demo_records, write_records
+from cab.leaderboard import site as leaderboard
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the synthetic records are a test fixture
+from leaderboard_fixture import demo_records, write_records  # noqa: E402
 
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]

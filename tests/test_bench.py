@@ -1,4 +1,4 @@
-"""`cab bench` and cab/efficiency.py: the timing harness, memory, OOM capture, derived figures,
+"""`cab bench` and cab/bench/measure.py: the timing harness, memory, OOM capture, derived figures,
 records and the command line. Measurements that need a real process use short lengths."""
 
 from __future__ import annotations
@@ -14,20 +14,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from cab import bench, efficiency
-from cab.efficiency import (
-    Point,
-    cab_fit_length,
-    classify_error,
-    crossing_length,
-    efficiency_lengths,
-    measure_point,
-    measure_point_isolated,
-    median_iqr,
-    scaling_exponent,
-    time_samples,
-)
-from cab.records import REQUIRED, validate
+from cab.bench import job as bench_job
+from cab.bench import measure as bench_measure
+from cab.bench import report as bench_report
+from cab.bench.measure import Point, measure_point, measure_point_isolated, median_iqr, time_samples
+from cab.bench.scaling import cab_fit_length, crossing_length, efficiency_lengths, scaling_exponent
+from cab.results.records import REQUIRED, validate
+from cab.results.status import classify
 
 
 @pytest.fixture(autouse=True)
@@ -52,7 +45,7 @@ class FakeClock:
 
 def test_warmup_calls_are_untimed_and_repeats_are_counted(monkeypatch):
     clock = FakeClock()
-    monkeypatch.setattr(efficiency, "_clock", clock)
+    monkeypatch.setattr(bench_measure, "_clock", clock)
     durations = iter([5.0, 5.0, 5.0] + [0.1, 0.2, 0.3, 0.4, 0.5])  # 3 slow warm-ups, then 5 timed
 
     def fn():
@@ -64,7 +57,7 @@ def test_warmup_calls_are_untimed_and_repeats_are_counted(monkeypatch):
 
 def test_max_seconds_stops_after_min_repeats(monkeypatch):
     clock = FakeClock()
-    monkeypatch.setattr(efficiency, "_clock", clock)
+    monkeypatch.setattr(bench_measure, "_clock", clock)
     calls = []
 
     def fn():
@@ -87,7 +80,7 @@ def test_cuda_timing_waits_for_the_device(monkeypatch):
     """A call that only launches work (0.1 s) on a device that needs 1 s more to finish: a
     synchronised sample is 1.1 s; without the synchronisation it would read 0.1 s."""
     clock = FakeClock()
-    monkeypatch.setattr(efficiency, "_clock", clock)
+    monkeypatch.setattr(bench_measure, "_clock", clock)
     pending = {"work": 0.0}
     syncs = []
 
@@ -131,7 +124,7 @@ class _ExplodingLayer(torch.nn.Module):
     MemoryError(),
 ])
 def test_out_of_memory_is_an_oom_point(monkeypatch, exc):
-    monkeypatch.setattr(efficiency, "build_attention", lambda *a, **k: _ExplodingLayer(exc))
+    monkeypatch.setattr(bench_measure, "build_attention", lambda *a, **k: _ExplodingLayer(exc))
     point = measure_point("softmax", "causal_self", 64, dim=16, num_heads=2, warmup=0, repeats=1)
     assert point.status == "oom" and point.error
 
@@ -140,8 +133,8 @@ def test_length_bounded_attention_is_built_for_the_points_length(monkeypatch):
     """Linformer's E and F are sized to the sequence, as its paper trains it: a bench point past the
     class default of 16,384 runs instead of failing, and an explicit max_len still wins."""
     built = []
-    real_build = efficiency.build_attention
-    monkeypatch.setattr(efficiency, "build_attention", lambda *a, **k: built.append(k.get("max_len")) or real_build(*a, **k))
+    real_build = bench_measure.build_attention
+    monkeypatch.setattr(bench_measure, "build_attention", lambda *a, **k: built.append(k.get("max_len")) or real_build(*a, **k))
     point = measure_point("linformer", "noncausal_self", 16448, dim=8, num_heads=1, warmup=0, repeats=1,
                           hparams={"proj_len": 4, "max_len": None}, measure_memory=False)
     assert point.status == "ok", point.error
@@ -152,10 +145,10 @@ def test_length_bounded_attention_is_built_for_the_points_length(monkeypatch):
 
 
 def test_other_errors_are_failed_points(monkeypatch):
-    monkeypatch.setattr(efficiency, "build_attention", lambda *a, **k: _ExplodingLayer(ValueError("bad shape")))
+    monkeypatch.setattr(bench_measure, "build_attention", lambda *a, **k: _ExplodingLayer(ValueError("bad shape")))
     point = measure_point("softmax", "causal_self", 64, dim=16, num_heads=2, warmup=0, repeats=1)
     assert point.status == "failed" and "bad shape" in point.error
-    assert classify_error(RuntimeError("shape mismatch")) == "failed"
+    assert classify(RuntimeError("shape mismatch")) == "failed"
 
 
 @pytest.mark.slow  # fresh processes (a few seconds each)
@@ -199,7 +192,7 @@ def test_isolated_point_past_its_time_is_timeout():
 
 _FAULTS_SCRIPT = """
 import json, resource, torch
-from cab.efficiency import held_heap
+from cab.bench.measure import held_heap
 
 def faults_of_a_second_big_tensor():
     # 65 MiB, freed at once: the block a warm-up call leaves for the timed call (a little larger,
@@ -360,27 +353,28 @@ def fake_measure(oom_at=None, calls=None):
 
 
 def test_resolve_lengths():
-    assert bench.resolve_lengths({"min_length": 256, "max_length": 32768}) == [2**k for k in range(8, 16)]
-    assert bench.resolve_lengths({"lengths": [4096, 1024, 1024]}) == [1024, 4096]
+    assert bench_job.resolve_lengths({"min_length": 256, "max_length": 32768}) == [2**k for k in range(8, 16)]
+    assert bench_job.resolve_lengths({"lengths": [4096, 1024, 1024]}) == [1024, 4096]
 
 
 def test_oom_ends_the_sweep_of_that_method_only(tmp_path):
     calls = []
-    first = bench.run_bench(config(tmp_path), fake_measure(oom_at=256, calls=calls), log=lambda s: None)[0]
+    first = bench_job.run_bench(config(tmp_path), fake_measure(oom_at=256, calls=calls), log=lambda s: None)[0]
     points = first["efficiency"]["points"]
     assert [p["status"] for p in points] == ["ok", "ok", "oom"]  # 64, 128, 256; 512 and 1024 not run
     assert first["status"] == "ok" and points[-1]["error"]
-    second = bench.run_bench(config(tmp_path, attention={"name": "softmax"}), fake_measure(calls=calls),
-                             log=lambda s: None)[0]
+    second = bench_job.run_bench(config(tmp_path, attention={"name": "softmax"}), fake_measure(calls=calls),
+                                 log=lambda s: None)[0]
     assert [p["length"] for p in second["efficiency"]["points"]] == [64, 128, 256, 512, 1024]
     # a method out of memory at its first length: the record says so
-    third = bench.run_bench(config(tmp_path, attention={"name": "vanilla"}), fake_measure(oom_at=1), log=lambda s: None)[0]
+    third = bench_job.run_bench(config(tmp_path, attention={"name": "vanilla"}), fake_measure(oom_at=1),
+                                log=lambda s: None)[0]
     assert third["status"] == "oom" and third["error"]["message"]
 
 
 def test_record_fields(tmp_path):
-    records = bench.run_bench(config(tmp_path, directions=["forward", "forward_backward"]), fake_measure(),
-                              log=lambda s: None)
+    records = bench_job.run_bench(config(tmp_path, directions=["forward", "forward_backward"]), fake_measure(),
+                                  log=lambda s: None)
     assert [r["efficiency"]["direction"] for r in records] == ["forward", "forward_backward"]
     assert records[0]["run_id"] != records[1]["run_id"]
     for record in records:
@@ -400,11 +394,11 @@ def test_record_fields(tmp_path):
 
 def test_existing_record_is_skipped_unless_forced(tmp_path):
     calls = []
-    bench.run_bench(config(tmp_path), fake_measure(calls=calls), log=lambda s: None)
+    bench_job.run_bench(config(tmp_path), fake_measure(calls=calls), log=lambda s: None)
     n = len(calls)
-    again = bench.run_bench(config(tmp_path), fake_measure(calls=calls), log=lambda s: None)[0]
+    again = bench_job.run_bench(config(tmp_path), fake_measure(calls=calls), log=lambda s: None)[0]
     assert again["_skipped"] and len(calls) == n
-    bench.run_bench(config(tmp_path, force=True), fake_measure(calls=calls), log=lambda s: None)
+    bench_job.run_bench(config(tmp_path, force=True), fake_measure(calls=calls), log=lambda s: None)
     assert len(calls) == 2 * n
 
 
@@ -416,8 +410,8 @@ def test_unsupported_pattern_is_a_record(tmp_path):
         pytest.skip("every registered attention supports every pattern")
     pattern = next(iter(attention_spec(name).unsupported))
     calls = []
-    record = bench.run_bench(config(tmp_path, attention={"name": name}, pattern=pattern.value),
-                             fake_measure(calls=calls), log=lambda s: None)[0]
+    record = bench_job.run_bench(config(tmp_path, attention={"name": name}, pattern=pattern.value),
+                                 fake_measure(calls=calls), log=lambda s: None)[0]
     assert record["status"] == "unsupported" and record["reason"] and not calls
     assert validate(record) == []
 
@@ -436,15 +430,15 @@ def test_points_are_taken_under_the_machine_wide_lock(tmp_path):
         return fake_measure()(cfg, *args)
 
     for scope in ("job", "point"):
-        bench.run_bench(config(tmp_path, lock=str(lock), lock_scope=scope, lengths=[64, 128], force=True), measure,
-                        log=lambda s: None)
+        bench_job.run_bench(config(tmp_path, lock=str(lock), lock_scope=scope, lengths=[64, 128], force=True), measure,
+                            log=lambda s: None)
     assert held == [True, True, True, True]
 
 
 def test_real_points_in_process(tmp_path):
     """The default measurer, in this process, at tiny sizes: forward and forward+backward."""
-    records = bench.run_bench(config(tmp_path, lengths=[32, 64], directions=["forward", "forward_backward"]),
-                              log=lambda s: None)
+    records = bench_job.run_bench(config(tmp_path, lengths=[32, 64], directions=["forward", "forward_backward"]),
+                                  log=lambda s: None)
     for record in records:
         assert record["status"] == "ok", record["error"]
         for p in record["efficiency"]["points"]:
@@ -456,12 +450,12 @@ def test_real_points_in_process(tmp_path):
 
 
 def test_unknown_names_are_one_line_exit_2(capsys):
-    assert bench.main(["attention=no_such_attention"]) == 2
+    assert bench_job.main(["attention=no_such_attention"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "valid attentions:" in err and "softmax" in err
-    assert bench.main(["pattern=sideways"]) == 2
+    assert bench_job.main(["pattern=sideways"]) == 2
     assert "valid patterns:" in capsys.readouterr().err
-    assert bench.main(["directions=[sideways]"]) == 2
+    assert bench_job.main(["directions=[sideways]"]) == 2
     assert "valid directions:" in capsys.readouterr().err
 
 
@@ -489,7 +483,7 @@ def test_experiment_efficiency_config():
         cfg = compose(config_name="bench", overrides=["experiment=efficiency"], return_hydra_config=True)
     params = cfg.hydra.sweeper.params
     assert params.attention == "glob(*)" and set(params.pattern.split(",")) == {"causal_self", "noncausal_self"}
-    assert bench.resolve_lengths(cfg) == [2**k for k in range(10, 16)]  # 1024 .. 32768
+    assert bench_job.resolve_lengths(cfg) == [2**k for k in range(10, 16)]  # 1024 .. 32768
 
 
 def test_table_from_records(tmp_path):
@@ -497,25 +491,41 @@ def test_table_from_records(tmp_path):
         def measure(cfg, attention, hparams, pat, length, direction):
             return {"length": length, "status": "ok", "time_median_s": f_time(length), "time_iqr_s": 0.0,
                     "peak_memory_bytes": f_mem(length), "flops": f_flops(length), "error": None, "repeats": 1}
-        bench.run_bench(config(tmp_path, attention={"name": name}, pattern=pattern, lengths=LENGTHS), measure,
-                        log=lambda s: None)
+        bench_job.run_bench(config(tmp_path, attention={"name": name}, pattern=pattern, lengths=LENGTHS), measure,
+                            log=lambda s: None)
 
     for pattern in ("causal_self", "noncausal_self"):
         run("vanilla", pattern, lambda n: 1e-8 * n * n, lambda n: 8 * n * n, lambda n: n * n)
         run("softmax", pattern, lambda n: 1e-8 * n * n, lambda n: 1000 * n, lambda n: n * n)
         run("linear", pattern, lambda n: 3e-5 * n, lambda n: 4000 * n, lambda n: 50 * n)
         run("based", pattern, lambda n: 1e-9 * n**1.5, lambda n: 4000 * n, lambda n: 50 * n)  # linear FLOPs, not time
-    text, misses = bench.table_markdown(tmp_path)
+    text, misses = bench_report.table_markdown(tmp_path)
     assert "## causal_self" in text and "## noncausal_self" in text
     row = next(line for line in text.splitlines() if line.startswith("| linear |"))
     assert "3,000 / 3,000" in row  # time EL vs vanilla: 3e-5·n = 1e-8·n² at n = 3000
     assert any(m.startswith("based · causal_self: time exponent 1.50") for m in misses)
     assert not any(m.startswith("linear") or m.startswith("vanilla") for m in misses)
-    assert bench.main(["table", "--results", str(tmp_path), "--out", str(tmp_path / "t.md")]) == 0
+    assert bench_job.main(["table", "--results", str(tmp_path), "--out", str(tmp_path / "t.md")]) == 0
     assert (tmp_path / "t.md").read_text().startswith("# Efficiency (forward)")
-    text, _ = bench.table_markdown(tmp_path, at=(1024, 99))
+    text, _ = bench_report.table_markdown(tmp_path, at=(1024, 99))
     row = next(line for line in text.splitlines() if line.startswith("| linear | 30.7 ms"))
     assert row == "| linear | 30.7 ms · 3.9 MiB | not run | 1.00 |"  # 3e-5·1024 s, 4000·1024 bytes
+
+
+@pytest.mark.parametrize("baselines", [("vanilla", "softmax"), ()])
+def test_table_rows_have_as_many_cells_as_the_header(tmp_path, baselines):
+    """Unsupported rows, and no baselines at all, written by the one markdown writer: no row is short
+    or long (before, `--baselines` with no names left an empty header column)."""
+    bench_job.run_bench(config(tmp_path, attention={"name": "vanilla"}, lengths=[64, 128, 256]), fake_measure(),
+                        log=lambda s: None)
+    (tmp_path / "unsupported.json").write_text(json.dumps({
+        **json.loads(next(tmp_path.glob("*.json")).read_text()), "run_id": "u", "attention": "self_less",
+        "status": "unsupported", "reason": "no causal form"}))
+    text, _ = bench_report.table_markdown(tmp_path, baselines=baselines)
+    rows = [line for line in text.splitlines() if line.startswith("|")]
+    assert "| self_less | unsupported |" in text and len(rows) == 4
+    assert len({row.count("|") for row in rows}) == 1, rows
+    assert rows[0].count("|") == 10 + 2 * len(baselines)  # 9 columns and 2 per baseline
 
 
 @pytest.mark.slow  # fresh processes (a few seconds each)

@@ -5,27 +5,50 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
-from cab.records import validate
+from cab.results.records import validate
 
 
 def cab(*args: str, cwd=None, timeout: int = 300) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "cab.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=timeout)
 
 
-def test_help_and_list_import_no_heavy_packages():
-    code = (
-        "import sys, io, contextlib; from cab.cli import main\n"
+def _imported(code: str, modules: tuple[str, ...]) -> list[str]:
+    """Which of `modules` a fresh interpreter has imported after running `code` (its stdout silenced)."""
+    script = (
+        "import contextlib, io, sys\n"
         "with contextlib.redirect_stdout(io.StringIO()):\n"
-        "    assert main(['--help']) == 0 and main(['list']) == 0\n"
-        "heavy = [m for m in ('wandb', 'datasets', 'fvcore') if m in sys.modules]\n"
-        "print(','.join(heavy))"
+        + "".join(f"    {line}\n" for line in code.splitlines())
+        + f"print(','.join(m for m in {modules!r} if m in sys.modules))"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "", f"imported at start-up: {out.stdout.strip()}"
+    return [m for m in out.stdout.strip().split(",") if m]
+
+
+def test_help_and_list_import_no_heavy_packages():
+    """`cab --help` imports nothing heavy at all; `cab list` loads the attentions (torch), never the
+    packages only some jobs need."""
+    assert _imported("from cab.cli import main\nassert main(['--help']) == 0",
+                     ("torch", "hydra", "omegaconf", "rich", "numpy")) == []
+    assert _imported("from cab.cli import main\nassert main(['list']) == 0", ("wandb", "datasets", "fvcore")) == []
+
+
+def test_results_and_leaderboard_need_no_torch(tmp_path):
+    """Reading records is light: the tables of `cab bench table` and `cab leaderboard table`, and a
+    site built from the published training and efficiency records, import neither torch nor Hydra."""
+    published = str(Path(__file__).resolve().parents[1] / "leaderboard" / "results")
+    code = (
+        "from cab.cli import main\n"
+        "import cab.results.environment, cab.results.markers, cab.results.status\n"
+        f"assert main(['bench', 'table', '--results', {published + '/cpu/efficiency'!r}]) == 0\n"
+        f"assert main(['leaderboard', 'table', '--results', {published!r}]) == 0\n"
+        f"assert main(['leaderboard', 'build', '--results', {published!r}, '--out', {str(tmp_path)!r}, '-q']) == 0"
+    )
+    assert _imported(code, ("torch", "hydra", "omegaconf")) == []
 
 
 def test_list_shows_attentions_and_tasks():

@@ -16,8 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from cab import leaderboard, leaderboard_data as lbd
-from cab.leaderboard_demo import demo_records, efficiency_record, train_record, write_records
+from cab.leaderboard import cli as leaderboard_cli
+from cab.leaderboard import data as lbd
+from cab.leaderboard import markdown as leaderboard_markdown
+from cab.leaderboard import site as leaderboard
+from leaderboard_fixture import demo_records, efficiency_record, train_record, write_records
 
 
 def read_js(path: Path) -> tuple[str, object]:
@@ -60,10 +63,10 @@ def _compose(overrides: list[str]) -> dict:
 
 @pytest.fixture(scope="module")
 def real_results(tmp_path_factory):
-    """Records written by the real runner (cab.runner.run_job, what `cab run` calls per job), cut to
+    """Records written by the real runner (cab.run.runner.run_job, what `cab run` calls per job), cut to
     one training step on tiny data: softmax × two seeds, linear × one seed, and one injected
     out-of-memory failure."""
-    from cab.runner import run_job
+    from cab.run.runner import run_job
 
     results = tmp_path_factory.mktemp("real") / "results"
     base = ["task=mqar", "pattern=causal_self", "trainer=smoke", "trainer.steps=1", "trainer.batch_size=8",
@@ -112,14 +115,14 @@ def test_build_from_real_records(real_results, tmp_path):
 
 def test_cli_build_and_errors(real_results, tmp_path, capsys):
     out = tmp_path / "site"
-    assert leaderboard.main(["build", "--results", str(real_results), "--out", str(out), "--normalisation", str(tmp_path / "n.json")]) == 0
+    assert leaderboard_cli.main(["build", "--results", str(real_results), "--out", str(out), "--normalisation", str(tmp_path / "n.json")]) == 0
     assert "Built" in capsys.readouterr().out
     for argv, needle in ((["build", "--results", str(tmp_path / "missing")], "does not exist"),
                          (["frobnicate"], "invalid choice"), ([], "choose a command"),
                          (["serve", "--dir", str(tmp_path / "nothing")], "no index.html"),
                          (["serve", "--dir", str(out), "--port", "99999"], "not in 0..65535"),
                          (["build", "--bogus"], "unrecognized")):
-        assert leaderboard.main(argv) == 2, argv
+        assert leaderboard_cli.main(argv) == 2, argv
         err = capsys.readouterr().err.strip()
         assert err.count("\n") == 0 and needle in err and err.startswith("cab leaderboard: error:"), err
 
@@ -210,7 +213,7 @@ def test_malformed_files_are_reported_and_skipped(tmp_path, capsys):
     (results / "empty.json").write_text("")
     bad_status = dict(train_record("c", "mqar", "causal_self"), status="exploded")
     (results / "bad_status.json").write_text(json.dumps(bad_status))
-    assert leaderboard.main(["build", "--results", str(results), "--out", str(tmp_path / "site"), "--normalisation", str(tmp_path / "n.json")]) == 0
+    assert leaderboard_cli.main(["build", "--results", str(results), "--out", str(tmp_path / "site"), "--normalisation", str(tmp_path / "n.json")]) == 0
     err = capsys.readouterr().err
     for name in ("truncated.json", "unknown_schema.json", "list.json", "bad_types.json", "empty.json", "bad_status.json"):
         assert name in err, name
@@ -332,7 +335,7 @@ def test_freeze_cli_writes_once_and_site_publishes_it(tmp_path, capsys):
     results = write_records(demo_records(seeds=2), tmp_path / "results")
     norm = tmp_path / "lb" / "normalisation-v3.json"
     argv = ["build", "--results", str(results), "--out", str(tmp_path / "site"), "--normalisation", str(norm), "--freeze-normalisation", "-q"]
-    assert leaderboard.main(argv) == 0
+    assert leaderboard_cli.main(argv) == 0
     frozen = json.loads(norm.read_text())
     assert frozen["version"] == 3 and frozen["schema"] == lbd.NORMALISATION_SCHEMA
     assert set(frozen["constants"]["cpu"]) == {"noncausal_self", "causal_self", "noncausal_cross", "causal_cross"}
@@ -344,7 +347,7 @@ def test_freeze_cli_writes_once_and_site_publishes_it(tmp_path, capsys):
     assert all(r["score"] is not None for r in table["aggregate"]["rows"].values())
     capsys.readouterr()
     # frozen means frozen: a second freeze into the same file is refused
-    assert leaderboard.main(argv) == 2
+    assert leaderboard_cli.main(argv) == 2
     assert "never overwritten" in capsys.readouterr().err
 
 
@@ -411,22 +414,40 @@ def test_markdown_table_matches_the_sites_cells(tmp_path, capsys):
     records.append(train_record("oom_att", "mqar", "causal_self", status="oom"))
     results = tmp_path / "results"
     write_records(records, results)
-    text = leaderboard.markdown_tables(results, normalisation=tmp_path / "none.json", warn=None)
+    text = leaderboard_markdown.markdown_tables(results, normalisation=tmp_path / "none.json", warn=None)
     assert "### causal_self · scale cpu · cpu-2c" in text
     assert "| softmax | 0.600 ± 0.141 (2) |" in text  # sample standard deviation over the two seeds
     assert "| oom_att | oom |" in text
-    assert leaderboard.main(["table", "--results", str(results), "--pattern", "sideways"]) == 2
+    assert leaderboard_cli.main(["table", "--results", str(results), "--pattern", "sideways"]) == 2
     assert "choose one of: noncausal_self, causal_self" in capsys.readouterr().err
     doc = tmp_path / "results.md"
     doc.write_text("# Results\n\n<!-- tables:start -->\nstale\n<!-- tables:end -->\n\nprose after\n")
     no_norm = ["--normalisation", str(tmp_path / "none.json")]
-    assert leaderboard.main(["table", "--results", str(results), "--into", str(doc), *no_norm]) == 0
+    assert leaderboard_cli.main(["table", "--results", str(results), "--into", str(doc), *no_norm]) == 0
     written = doc.read_text()
     assert "stale" not in written and "| oom_att | oom |" in written and written.endswith("prose after\n")
     assert f"<!-- tables:start: cab leaderboard table --results {results} -->" in written
     doc.write_text("no markers\n")
-    assert leaderboard.main(["table", "--results", str(results), "--into", str(doc), *no_norm]) == 2
+    assert leaderboard_cli.main(["table", "--results", str(results), "--into", str(doc), *no_norm]) == 2
     assert "has no '<!-- tables:start -->'" in capsys.readouterr().err
+
+
+def test_one_markdown_writer_pads_escapes_and_refuses_extra_cells():
+    """The writer behind both `cab leaderboard table` and `cab bench table`."""
+    lines = leaderboard_markdown.markdown_table(["a", "b", "c"], [["x"], ["p|q", "two\nlines", 3]])
+    assert lines == ["| a | b | c |", "|---|---|---|", "| x |  |  |", "| p\\|q | two lines | 3 |"]
+    with pytest.raises(ValueError, match="4 cells in a table of 3 columns"):
+        leaderboard_markdown.markdown_table(["a", "b", "c"], [[1, 2, 3, 4]])
+
+
+def test_a_pipe_in_a_record_does_not_shift_the_markdown_columns(tmp_path):
+    """Variant labels come from records (untrusted): a `|` in one is a character, not a new column."""
+    records = [train_record("linear", "mqar", "causal_self", hparams={"feature_map": fm}) for fm in ("elu", "a|b")]
+    write_records(records, tmp_path / "results")
+    text = leaderboard_markdown.markdown_tables(tmp_path / "results", normalisation=tmp_path / "none.json", warn=None)
+    rows = [line for line in text.splitlines() if line.startswith("| ")]
+    assert '| linear [feature_map="a\\|b"] |' in text
+    assert {len(re.findall(r"(?<!\\)\|", row)) for row in rows} == {3}  # attention, mqar: two columns
 
 
 def test_unsupported_records_fill_every_variant_column(tmp_path):
@@ -485,7 +506,7 @@ def test_results_doc_tables_are_the_committed_records():
     m = re.search(r"<!-- tables:start: cab leaderboard table --results (\S+) -->\n(.*?)<!-- tables:end -->",
                   text, re.S)
     assert m, "docs/results.md has no tables:start/tables:end block"
-    printed = leaderboard.markdown_tables(Path(__file__).resolve().parents[1] / m.group(1), warn=None)
+    printed = leaderboard_markdown.markdown_tables(Path(__file__).resolve().parents[1] / m.group(1), warn=None)
     assert m.group(2).strip() == printed.strip()
 
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from cab import leaderboard
-from cab.leaderboard_demo import demo_records, efficiency_record, train_record, write_records
+from cab.leaderboard import site as leaderboard
+from leaderboard_fixture import demo_records, efficiency_record, train_record, write_records
 
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
 try:

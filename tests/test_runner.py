@@ -7,8 +7,8 @@ import json
 import pytest
 
 from cab import Pattern, register_attention
-from cab.records import REQUIRED, SCHEMA, validate
-from cab.runner import run_job
+from cab.results.records import REQUIRED, SCHEMA, validate
+from cab.run.runner import run_job
 
 SMOKE = ["attention=linear", "task=mqar", "pattern=causal_self", "trainer.steps=10"]
 
@@ -41,7 +41,7 @@ def test_finished_cell_is_skipped_unless_forced(smoke_config):
 
 
 def test_run_id_depends_on_seed_not_on_results_dir(smoke_config, tmp_path):
-    from cab.records import run_id_of
+    from cab.results.records import run_id_of
 
     a = smoke_config(*SMOKE)
     assert run_id_of(a) == run_id_of({**a, "results_dir": str(tmp_path / "elsewhere"), "force": True})

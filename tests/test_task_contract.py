@@ -8,7 +8,7 @@ import math
 import pytest
 
 from cab import Pattern, list_tasks, task_spec
-from cab.runner import run_job
+from cab.run.runner import run_job
 
 CELLS = [(t, p) for t in list_tasks() for p in Pattern if p in task_spec(t).patterns]
 

@@ -233,7 +233,7 @@ def test_bert_masking_rates():
 
 def _tested_roles(task_name: str, pattern: Pattern, params: dict) -> dict[str, list[str]]:
     from cab.registry import task_spec
-    from cab.task import AttentionFactory
+    from cab.run.factory import AttentionFactory
 
     task = task_spec(task_name).cls(pattern=pattern, seed=0, data_dir=str(DATA), **params)
     factory = AttentionFactory("linear", pattern)
@@ -265,7 +265,7 @@ CELLS = [("lstf", "noncausal_self"), ("lstf", "causal_self"), ("lstf", "noncausa
 
 @pytest.mark.parametrize("task,pattern", CELLS)
 def test_smoke_run(task, pattern, tmp_path):
-    from cab.runner import run_job
+    from cab.run.runner import run_job
 
     config = compose([f"task={task}", f"pattern={pattern}", "attention=linear", "trainer=smoke", "trainer.steps=10",
                       "threads=1", f"results_dir={tmp_path}"])

@@ -1,6 +1,6 @@
 /* Efficiency: time and memory against length on log–log axes, one line per attention, OOM and other
  * failed points marked; a table of scaling exponents and CAB's efficiency lengths (the length at
- * which the method becomes cheaper than the quadratic baseline, cab.efficiency.efficiency_lengths). */
+ * which the method becomes cheaper than the quadratic baseline, cab.bench.scaling.efficiency_lengths). */
 "use strict";
 (async function () {
   const { el, fmt, badge } = CAB;
@@ -24,7 +24,7 @@
   const body = el("div", { id: "eff-body" });
   main.appendChild(body);
   if (!idx.efficiency_lengths_available) {
-    main.appendChild(el("div", { class: "warnbox", text: "Efficiency lengths are not shown: this build of cab has no cab.efficiency.efficiency_lengths." }));
+    main.appendChild(el("div", { class: "warnbox", text: "Efficiency lengths are not shown: this build of cab has no cab.bench.scaling.efficiency_lengths." }));
   }
   const state = CAB.getState();
   let group = null, shownRows = [], shownCols = [];

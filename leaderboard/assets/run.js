@@ -1,6 +1,6 @@
 /* Run page: run.html?ids=ID[,ID...] shows each run's command, resolved config, environment, commit,
  * scale, hardware, duration and error. Runs live in data/runs/<shard>.js, the shard being FNV-1a of
- * the id modulo the shard count (the same function as cab/leaderboard_data.py: fnv1a). */
+ * the id modulo the shard count (the same function as cab/leaderboard/data.py: fnv1a). */
 "use strict";
 (async function () {
   const { el, fmt, badge } = CAB;

@@ -1,6 +1,7 @@
 """From result records to the leaderboard's tables: seeds aggregated, statuses kept, CAB-style z-scores.
 
-Pure data, no HTML: `cab.leaderboard` writes what this module computes into the static site.
+Pure data, no HTML: `cab.leaderboard.site` writes what this module computes into the static site, and
+`cab.leaderboard.markdown` into markdown tables.
 
 Anchors:
 - CAB's compositional index (Zhang et al., ICML 2023, `scripts/compositional_index/compositional_index.py`):
@@ -22,7 +23,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Iterable
 
-from cab.records import SCHEMA, hardware_label, iter_records, semantic_config
+from cab.results.environment import hardware_label
+from cab.results.records import SCHEMA, iter_records, semantic_config
 
 NORMALISATION_SCHEMA = "cab.normalisation/1"
 # A cell with no successful seed shows the most informative failure: the attention's own stated
@@ -79,7 +81,7 @@ def error_message(record: dict[str, Any]) -> str | None:
 def load_records(results_dir: str | Path, warn=None) -> tuple[list[dict[str, Any]], list[tuple[str, str]]]:
     """Valid records under `results_dir` (recursively), and (path, problem) for every file skipped.
 
-    On top of `cab.records.validate`, the fields the leaderboard groups by must be strings: a record
+    On top of `cab.results.records.validate`, the fields the leaderboard groups by must be strings: a record
     is untrusted input, and a name that is a list or a number is malformed rather than a new row.
     Two files with the same run_id (a results folder copied twice) keep the later `started_at`.
     """
@@ -431,9 +433,9 @@ EFFICIENCY_BASELINES = ("vanilla", "softmax")
 
 
 def _efficiency_lengths_fn():
-    """`cab.efficiency.efficiency_lengths` if this build has it (written by the bench work), else None."""
+    """`cab.bench.scaling.efficiency_lengths` if this build has it (written by the bench work), else None."""
     try:
-        from cab.scaling import efficiency_lengths  # noqa: PLC0415
+        from cab.bench.scaling import efficiency_lengths  # noqa: PLC0415
     except (ImportError, AttributeError):
         return None
     return efficiency_lengths
@@ -462,7 +464,7 @@ def build_efficiency(records: Iterable[dict[str, Any]], warn=None) -> dict[str, 
     against each baseline present (`vanilla`, `softmax`)."""
     groups: dict[str, dict[str, Any]] = {}
     records = [r for r in records if r.get("kind") == "efficiency"]
-    # cab.efficiency imports torch (seconds): only pay for it when there is something to fit
+    # the fits (cab.bench.scaling) are imported only when there is something to fit
     fn = _efficiency_lengths_fn() if records else None
     for r in records:
         eff = r.get("efficiency") if isinstance(r.get("efficiency"), dict) else {}

@@ -1,98 +1,25 @@
-"""One cell of the grid: train, evaluate, measure, and write exactly one record, whatever happens.
+"""The training loop of one cell: build the task and its model, train, evaluate, measure the cost.
 
-`run_job(cfg)` is what `cab run` calls for every job, under any Hydra launcher. It never raises for
-a problem of the run itself: an unsupported attention × pattern, an exception, a NaN loss, an
-out-of-memory error or a timeout each end as a record with the matching status and the error.
+`train_and_evaluate` fills the record in place and raises on any failure; `cab.run.runner` owns
+the record's lifecycle (skip, crash marker, time limit, the status of a failure). torch and the
+modules that need it are imported inside the functions, so importing the runner stays light.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import signal
 import time
-import traceback
-from pathlib import Path
 from typing import Any
 
 from cab.patterns import Pattern
-from cab.records import (
-    SCHEMA,
-    command_line,
-    environment,
-    hardware_label,
-    job_command,
-    now_iso,
-    read_record,
-    run_id_of,
-    write_record,
-)
-from cab.registry import ChoiceError, attention_spec, import_modules, task_spec
-from cab.sweep import reconcile_crashed, remove_marker, write_marker
-
-RETRYABLE = ("failed", "oom", "nan", "timeout")  # statuses that `retry_failed=true` runs again
-
-
-class NaNLoss(RuntimeError):
-    pass
-
-
-class JobTimeout(RuntimeError):
-    pass
+from cab.registry import attention_spec, task_spec
+from cab.results.status import JobTimeout, NaNLoss
 
 
 class InjectedFailure(RuntimeError):
     pass
-
-
-def check_cell(attention: str, task: str, pattern: str) -> None:
-    """Raise ChoiceError (one line, valid choices named) for names that do not exist or a pattern the
-    task does not exercise. An attention that lacks the pattern is *not* an error: it is recorded."""
-    pattern_ = Pattern.parse(pattern)
-    attention_spec(attention)
-    spec = task_spec(task)
-    if pattern_ not in spec.patterns:
-        valid = ", ".join(p.value for p in Pattern if p in spec.patterns)
-        raise ChoiceError(f"task {task!r} does not exercise pattern {pattern_.value}; its patterns: {valid}")
-
-
-@contextlib.contextmanager
-def time_limit(seconds: float | None):
-    """Raise JobTimeout in the main thread after `seconds` (None or <= 0: no limit)."""
-    if not seconds or seconds <= 0 or not hasattr(signal, "setitimer"):
-        yield
-        return
-
-    def on_alarm(signum, frame):
-        raise JobTimeout(f"job exceeded its time limit of {seconds:g} s")
-
-    previous = signal.signal(signal.SIGALRM, on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-
-
-def _error(exc: BaseException) -> dict[str, str]:
-    lines = traceback.format_exception(type(exc), exc, exc.__traceback__)
-    tail = "".join(lines[:1] + lines[-6:] if len(lines) > 7 else lines)  # keep the header and the last frames
-    return {"type": type(exc).__name__, "message": str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
-            "traceback": tail[-4000:]}
-
-
-def _classify(exc: BaseException) -> str:
-    import torch
-
-    if isinstance(exc, JobTimeout):
-        return "timeout"
-    if isinstance(exc, NaNLoss):
-        return "nan"
-    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
-        return "oom"
-    return "failed"
 
 
 def _inject(fail: str | None, where: str) -> None:
@@ -111,76 +38,6 @@ def _inject(fail: str | None, where: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def run_job(config: dict[str, Any]) -> dict[str, Any]:
-    """Run one cell from a resolved config (a plain dict) and return its record (also written)."""
-    started = time.time()
-    results_dir = Path(config["results_dir"])
-    run_id = run_id_of(config)
-    target = results_dir / f"{run_id}.json"
-    reconcile_crashed(results_dir)  # records for earlier jobs here whose process died
-    if target.exists() and not config.get("force", False):
-        record = read_record(target)
-        if not (config.get("retry_failed") and record.get("status") in RETRYABLE):
-            record["_skipped"] = True
-            return record
-
-    import torch
-
-    import_modules(config.get("imports") or [])
-    attention_cfg = dict(config["attention"])
-    attention = attention_cfg.pop("name")
-    task_cfg = dict(config["task"])
-    task = task_cfg.pop("name")
-    pattern = Pattern.parse(config["pattern"])
-    trainer = config["trainer"]
-    record: dict[str, Any] = {
-        "schema": SCHEMA,
-        "kind": "train",
-        "run_id": run_id,
-        "status": "ok",
-        "attention": attention,
-        "pattern": pattern.value,
-        "task": task,
-        "task_variant": None,
-        "seed": int(config["seed"]),
-        "scale": trainer.get("name"),
-        "hardware": None,
-        "metrics": {},
-        "metric_info": {},
-        "primary_metric": None,
-        "reference_metrics": {},
-        "cost": {},
-        "attention_info": {},
-        "reason": None,
-        "config": config,
-        "env": {},
-        "command": job_command("cab run") or command_line(),
-        "started_at": now_iso(),
-        "duration_s": None,
-        "error": None,
-    }
-    write_marker(record, results_dir, trainer.get("max_seconds"))
-    try:
-        if config.get("threads"):
-            torch.set_num_threads(int(config["threads"]))
-        record["env"] = environment()
-        record["hardware"] = hardware_label(record["env"])
-        spec = attention_spec(attention)
-        if pattern not in spec.patterns:
-            record["status"] = "unsupported"
-            record["reason"] = spec.unsupported[pattern]
-        else:
-            with time_limit(trainer.get("max_seconds")):
-                _train_and_evaluate(record, config, attention, attention_cfg, task, task_cfg, pattern)
-    except Exception as exc:  # noqa: BLE001 - every failure becomes a record; the sweep goes on
-        record["status"] = _classify(exc)
-        record["error"] = _error(exc)
-    record["duration_s"] = round(time.time() - started, 3)
-    write_record(record, results_dir)
-    remove_marker(results_dir, run_id)
-    return record
-
-
 def _device(config: dict[str, Any]) -> str:
     import torch
 
@@ -190,12 +47,14 @@ def _device(config: dict[str, Any]) -> str:
     return wanted
 
 
-def _train_and_evaluate(record, config, attention, attention_hparams, task_name, task_params, pattern) -> None:
+def train_and_evaluate(record, config, attention, attention_hparams, task_name, task_params, pattern) -> None:
+    """Train and evaluate one cell, filling `record`'s task fields, metrics and cost in place. Raises
+    for every failure (NaNLoss for a loss or metric that is not finite); the caller records it."""
     import torch
 
-    from cab.flops import forward_flops
-    from cab.progress import TrainProgress
-    from cab.task import AttentionFactory
+    from cab.bench.flops import forward_flops
+    from cab.run.factory import AttentionFactory
+    from cab.run.progress import TrainProgress
 
     trainer = config["trainer"]
     seed = int(config["seed"])

@@ -1,4 +1,6 @@
-"""Synthetic result records for the leaderboard's tests, scale benchmark and screenshots.
+"""Synthetic result records for the leaderboard's tests, scale benchmark and screenshots (a test
+fixture, not part of the package: benchmarks/leaderboard_scale.py and scripts/screenshots.py put
+tests/ on sys.path to import it).
 
 The numbers are made up (seeded noise around per-attention qualities) and say nothing about any
 mechanism; they exercise every path of the site: several tasks with metrics in both directions,
@@ -14,7 +16,7 @@ import random
 from pathlib import Path
 from typing import Any
 
-from cab.records import SCHEMA
+from cab.results.records import SCHEMA
 
 ATTENTIONS = {  # name -> (quality in [0, 1], time exponent, memory exponent)
     "softmax": (0.95, 2.0, 2.0), "vanilla": (0.95, 2.0, 2.0), "linear": (0.55, 1.0, 1.0), "based": (0.8, 1.0, 1.0),
@@ -55,7 +57,7 @@ def _env(hardware: str, threads: int = 2) -> dict[str, Any]:
 def train_record(attention: str, task: str, pattern: str, seed: int = 0, scale: str = "cpu", hardware: str = "cpu-2c",
                  status: str = "ok", rng: random.Random | None = None, metrics: dict[str, float] | None = None,
                  hparams: dict[str, Any] | None = None) -> dict[str, Any]:
-    """One `kind: train` record following the runner's shape (cab/runner.py)."""
+    """One `kind: train` record following the runner's shape (cab/run/runner.py)."""
     rng = rng or random.Random(hash((attention, task, pattern, seed, scale)) & 0xFFFF)
     patterns, info, primary, refs = TASKS.get(task, ((pattern,), {"accuracy": (True, "accuracy", 0.0, 1.0)}, "accuracy", {}))
     quality = ATTENTIONS.get(attention, (0.5, 1.0, 1.0))[0]

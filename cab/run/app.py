@@ -30,7 +30,7 @@ def job(cfg: DictConfig) -> dict | None:
 
     from cab.config import register_configs
     from cab.registry import import_modules
-    from cab.runner import check_cell, run_job
+    from cab.run.runner import check_cell, run_job
 
     config = OmegaConf.to_container(cfg, resolve=True)
     import_modules(config.get("imports") or [])
@@ -44,13 +44,13 @@ def job(cfg: DictConfig) -> dict | None:
             sys.exit(2)
         print(f"[skipped] {exc}", file=sys.stderr)  # a sweep crossing tasks × patterns: not a cell
         return None
-    from cab.loggers import mirror
+    from cab.run.loggers import mirror
 
     record = run_job(config)
     mirror(record, config)
     hydra_cfg = HydraConfig.get()
     if hydra_cfg.mode.name == "MULTIRUN":
-        from cab.sweep import log_job
+        from cab.run.sweep import log_job
 
         log_job(hydra_cfg.sweep.dir, record)
         print(f"job {hydra_cfg.job.num}: {_summary(record)}", flush=True)

@@ -7,7 +7,7 @@
 
 A job is one attention × pattern. For each direction (forward; forward+backward) it sweeps the
 lengths (powers of two from `min_length` to `max_length` unless `lengths` is given), measuring
-time, peak memory and FLOPs at each (cab/efficiency.py says how), holding a machine-wide file lock
+time, peak memory and FLOPs at each (cab/bench/measure.py says how), holding a machine-wide file lock
 for the job (`lock_scope=point`: for each point) so no two benchmarks time at once, and stops the sweep at the first point that runs out of memory or time;
 the failing point is kept in the record. Then it writes one `kind: efficiency` record per
 direction, named by the hash of the resolved config with that single direction, so a finished
@@ -16,30 +16,19 @@ record is skipped on a rerun unless `force=true`. docs/efficiency.md has the def
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import fcntl
 import math
 import sys
 import time
-import traceback
 from pathlib import Path
 from typing import Any, Callable
 
 from cab.patterns import Pattern
-from cab.records import (
-    SCHEMA,
-    command_line,
-    environment,
-    hardware_label,
-    job_command,
-    iter_records,
-    now_iso,
-    read_record,
-    run_id_of,
-    write_record,
-)
 from cab.registry import ChoiceError, attention_spec, import_modules
+from cab.results.environment import command_line, environment, hardware_label, job_command, now_iso
+from cab.results.records import SCHEMA, read_record, run_id_of, write_record
+from cab.results.status import classify, error_info
 
 DIRECTIONS = ("forward", "forward_backward")
 POINT_FIELDS = ("length", "status", "time_median_s", "time_iqr_s", "peak_memory_bytes", "flops", "error", "repeats")
@@ -101,7 +90,7 @@ def bench_lock(path: str | None):
 
 def measure(config: dict[str, Any], attention: str, hparams: dict, pattern: str, length: int, direction: str) -> dict:
     """One point, as configured: in a fresh process on CPU (memory), in this one on CUDA."""
-    from cab.efficiency import measure_point, measure_point_isolated
+    from cab.bench.measure import measure_point, measure_point_isolated
 
     device = resolve_device(config)
     isolate = config.get("isolate", "auto")
@@ -126,7 +115,7 @@ def measure(config: dict[str, Any], attention: str, hparams: dict, pattern: str,
 
 
 def _exponents(points: list[dict]) -> dict[str, Any]:
-    from cab.scaling import scaling_exponent
+    from cab.bench.scaling import scaling_exponent
 
     time_k, time_lengths = scaling_exponent(points, "time_median_s", EXPONENT_POINTS)
     mem_k, mem_lengths = scaling_exponent(points, "peak_memory_bytes", EXPONENT_POINTS)
@@ -136,12 +125,6 @@ def _exponents(points: list[dict]) -> dict[str, Any]:
         "time_exponent_lengths": time_lengths, "memory_exponent_lengths": mem_lengths,
         "exponent_method": EXPONENT_METHOD,
     }
-
-
-def _error(exc: BaseException) -> dict[str, str]:
-    tail = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)[-6:])
-    return {"type": type(exc).__name__, "message": str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
-            "traceback": tail[-4000:]}
 
 
 def run_bench(
@@ -270,8 +253,8 @@ def _run_direction(config, attention, hparams, pattern, direction, measure_fn, c
                 "wall_s": None,
             }
     except Exception as exc:  # noqa: BLE001 - every failure becomes a record; the sweep goes on
-        record["status"] = "failed"
-        record["error"] = _error(exc)
+        record["status"] = classify(exc)  # as `cab run` classifies: an out-of-memory job is oom here too
+        record["error"] = error_info(exc)
     record["duration_s"] = round(time.time() - started, 3)
     if record["cost"]:
         record["cost"]["wall_s"] = record["duration_s"]
@@ -309,7 +292,7 @@ def summary(record: dict) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# the Hydra app
+# the Hydra app (`cab bench --help` prints this module's docstring)
 
 
 def _job(cfg) -> list[dict] | None:
@@ -336,6 +319,8 @@ def main(argv: list[str]) -> int:
     """`cab bench ...` (the CLI dispatches here): Hydra overrides, or `table ...`."""
     args = list(argv)
     if args and args[0] == "table":
+        from cab.bench.report import table_main
+
         return table_main(args[1:])
     if any(a in ("-h", "--help") for a in args):
         print(__doc__)
@@ -371,150 +356,3 @@ def _check_directions(args: list[str]) -> None:
             bad = [v.strip() for v in values if v.strip() and v.strip() not in DIRECTIONS]
             if bad:
                 raise ChoiceError(f"unknown direction {bad[0]!r}; valid directions: {', '.join(DIRECTIONS)}")
-
-
-# ---------------------------------------------------------------------------------------------
-# `cab bench table`: exponents and efficiency lengths from a results directory
-
-LINEAR_FLOPS_EXPONENT = 1.15  # a method whose own FLOP formula grows at most this fast is linear-time
-
-
-def load_efficiency(results_dir: str | Path, direction: str = "forward") -> dict[tuple[str, str], dict]:
-    """(attention, pattern) -> the newest efficiency record of `direction` under `results_dir`."""
-    found: dict[tuple[str, str], dict] = {}
-    for _, record, _ in iter_records(results_dir):
-        if not record or record.get("kind") != "efficiency":
-            continue
-        if (record.get("efficiency") or {}).get("direction") != direction:
-            continue
-        key = (record["attention"], record["pattern"])
-        if key not in found or record.get("started_at", "") > found[key].get("started_at", ""):
-            found[key] = record
-    return found
-
-
-def _fmt_len(value: float | None, note: str | None = None) -> str:
-    if value is not None:
-        return f"{value:,.0f}"
-    return {"below": "<min", "above": ">max", "insufficient": "n/a"}.get(note or "", "n/a")
-
-
-def _point_at(points: list[dict], length: int) -> str:
-    p = next((p for p in points if p["length"] == length), None)
-    if p is None:
-        return "not run"
-    if p["status"] != "ok":
-        return p["status"]
-    return f"{p['time_median_s'] * 1e3:,.1f} ms · {p['peak_memory_bytes'] / 2**20:,.1f} MiB"
-
-
-def table_markdown(results_dir: str | Path, direction: str = "forward",
-                   baselines: tuple[str, ...] = ("vanilla", "softmax"), at: tuple[int, ...] = ()) -> tuple[str, list[str]]:
-    """The table (markdown) and the list of misses: linear-time methods (by their FLOP formula)
-    whose measured time or memory exponent exceeds 1.15, and baselines off their expected shape.
-    `at`: lengths at which a second table per pattern gives every method's time and memory."""
-    from cab.scaling import cab_fit_length, crossing_length
-
-    records = load_efficiency(results_dir, direction)
-    patterns = sorted({p for _, p in records}, key=lambda p: [x.value for x in Pattern].index(p))
-    lines: list[str] = []
-    misses: list[str] = []
-    some = next(iter(records.values()), None)
-    if some:
-        e = some["efficiency"]
-        lines += [
-            f"# Efficiency ({direction}), {some.get('hardware')}, scale {some.get('scale')}",
-            "",
-            f"One attention layer: batch {e['batch']}, {e['num_heads']} heads, width {e['dim']}, {e['dtype']}, "
-            f"{e['device']}, {e['threads']} thread(s); {e.get('mode')}. Time: median of the timed repeats ({e.get('time_method') or 'default allocator'}); memory: "
-            f"{e.get('memory_method') or 'see docs/efficiency.md'}. Exponents: {EXPONENT_METHOD} (lengths in the "
-            "`exp. lengths` column). Efficiency lengths (EL): `fit` is CAB's (quadratic fit of the baseline meets a "
-            "linear fit of the method, larger root), `cross` the interpolated crossing of the measured curves "
-            "(`<min`: the method is cheaper at every common length; `>max`: not cheaper at the longest common "
-            "length). `lin` = linear-time by the method's own FLOP formula. Generated by `cab bench table`.",
-            "",
-        ]
-    for pattern in patterns:
-        names = sorted(a for a, p in records if p == pattern)
-        lines += [f"## {pattern}", "",
-                  "| attention | status | lengths ok | exp. lengths | FLOPs exp. | time exp. | memory exp. | "
-                  + " | ".join(f"time EL vs {b} (fit / cross) | memory EL vs {b} (fit / cross)" for b in baselines)
-                  + " | max time | max memory |",
-                  "|---|---|---|---|---|---|---|" + "---|---|" * len(baselines) + "---|---|"]
-        for name in names:
-            rec = records[(name, pattern)]
-            eff = rec["efficiency"]
-            points = eff["points"]
-            d = eff.get("derived") or {}
-            ok = [p for p in points if p["status"] == "ok"]
-            fmt = lambda v: f"{v:.2f}" if isinstance(v, (int, float)) else "n/a"  # noqa: E731
-            flops_k = d.get("flops_exponent")
-            linear = flops_k is not None and flops_k <= LINEAR_FLOPS_EXPONENT
-            stops = [p for p in points if p["status"] != "ok"]
-            status = rec["status"] if not stops else f"{rec['status']}; {stops[0]['status']} at {stops[0]['length']}"
-            if rec["status"] == "unsupported":
-                lines.append(f"| {name} | unsupported | | | | | | " + " | ".join("| " for _ in baselines) + " | | |")
-                continue
-            cells = [name, status, f"{ok[0]['length']}–{ok[-1]['length']}" if ok else "-",
-                     ",".join(str(n) for n in d.get("time_exponent_lengths") or []),
-                     fmt(flops_k) + (" (lin)" if linear else ""), fmt(d.get("time_exponent")), fmt(d.get("memory_exponent"))]
-            for base in baselines:
-                brec = records.get((base, pattern))
-                bpoints = brec["efficiency"]["points"] if brec else []
-                for key in ("time_median_s", "peak_memory_bytes"):
-                    if name == base or not bpoints:
-                        cells.append("-")
-                        continue
-                    fit = cab_fit_length(points, bpoints, key)
-                    cross, note = crossing_length(points, bpoints, key)
-                    cells.append(f"{_fmt_len(fit)} / {_fmt_len(cross, note)}")
-            last = ok[-1] if ok else None
-            cells.append(f"{last['time_median_s'] * 1e3:,.1f} ms @ {last['length']}" if last else "-")
-            mem = last.get("peak_memory_bytes") if last else None
-            cells.append(f"{mem / 2**20:,.1f} MiB" if mem is not None else "-")
-            lines.append("| " + " | ".join(cells) + " |")
-            above = [n for n in d.get("time_exponent_lengths") or [] if n > 4096]
-            if linear:
-                for label, key in (("time", "time_exponent"), ("memory", "memory_exponent")):
-                    k = d.get(key)
-                    if k is not None and k > LINEAR_FLOPS_EXPONENT:
-                        misses.append(f"{name} · {pattern}: {label} exponent {k:.2f} > {LINEAR_FLOPS_EXPONENT} "
-                                      f"(lengths {d.get(key + '_lengths')})")
-                if not above:
-                    misses.append(f"{name} · {pattern}: no exponent above length 4096 (longest ok "
-                                  f"{ok[-1]['length'] if ok else '-'})")
-            if name == "vanilla" and d.get("memory_exponent") is not None and abs(d["memory_exponent"] - 2) > 0.15:
-                misses.append(f"vanilla · {pattern}: memory exponent {d['memory_exponent']:.2f}, expected ≈ 2")
-        lines.append("")
-        if at:
-            lines += [f"Time · peak memory at given lengths ({pattern}):", "",
-                      "| attention | " + " | ".join(f"L = {n:,}" for n in at) + " | time exp. |",
-                      "|---|" + "---|" * len(at) + "---|"]
-            for name in names:
-                rec = records[(name, pattern)]
-                if rec["status"] == "unsupported":
-                    continue
-                k = (rec["efficiency"].get("derived") or {}).get("time_exponent")
-                shown = " | ".join(_point_at(rec["efficiency"]["points"], n) for n in at)
-                lines.append(f"| {name} | {shown} | " + (f"{k:.2f}" if k is not None else "n/a") + " |")
-            lines.append("")
-    if misses:
-        lines += ["## Misses", "", *[f"- {m}" for m in misses], ""]
-    return "\n".join(lines), misses
-
-
-def table_main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="cab bench table", description="Exponents and efficiency lengths as markdown.")
-    parser.add_argument("--results", default="results", help="directory of efficiency records")
-    parser.add_argument("--out", type=Path, default=None, help="markdown file (default: print only)")
-    parser.add_argument("--direction", default="forward", choices=DIRECTIONS)
-    parser.add_argument("--baselines", nargs="*", default=["vanilla", "softmax"])
-    parser.add_argument("--at", default="", help="comma-separated lengths: a table of time and memory at each")
-    args = parser.parse_args(argv)
-    at = tuple(int(n) for n in args.at.split(",") if n.strip())
-    text, _ = table_markdown(args.results, args.direction, tuple(args.baselines), at)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
-    print(text)
-    return 0

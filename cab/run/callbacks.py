@@ -15,7 +15,8 @@ class SweepSummary(Callback):
         from rich.console import Console
         from rich.table import Table
 
-        from cab.sweep import reconcile_crashed, summarise
+        from cab.results.markers import reconcile_crashed
+        from cab.run.sweep import summarise
 
         console = Console(stderr=True)
         results_dir = config.get("results_dir")
@@ -35,7 +36,7 @@ class SweepSummary(Callback):
             console.print(table)
         out = config.get("leaderboard_out")
         if out and results_dir:  # grids such as `quickstart` end in a built site
-            from cab.leaderboard import build
+            from cab.leaderboard.site import build
 
             build(results_dir, out)
             console.print(f"leaderboard built: {out}/index.html  (browse: cab leaderboard serve --dir {out})")

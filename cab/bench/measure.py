@@ -1,4 +1,4 @@
-"""Measuring one attention layer at one length: time, peak memory, FLOPs; and the derived figures.
+"""Measuring one attention layer at one length: time, peak memory, FLOPs.
 
 How a point is taken (docs/efficiency.md has the full story):
 
@@ -15,14 +15,16 @@ Memory: CUDA: `max_memory_allocated()` after `reset_peak_memory_stats()`, minus 
 before the call. CPU: the point runs in a fresh process (`measure_point_isolated`); the kernel's
 peak-RSS counter (VmHWM) is reset through /proc/self/clear_refs just before the measured call,
 and the point's memory is that peak minus the resident memory just before the call (one unmeasured
-call runs first, so one-time library buffers are in the baseline). During these calls glibc is told to serve every block of 64 KiB or more by mmap (returned to the system when
-freed), so memory freed earlier in the process cannot be silently reused and hide the call's
-peak. These are the bytes the call itself needs on top of its weights and inputs.
+call runs first, so one-time library buffers are in the baseline). During these calls glibc is
+told to serve every block of 64 KiB or more by mmap (returned to the system when freed), so memory
+freed earlier in the process cannot be silently reused and hide the call's peak. These are the
+bytes the call itself needs on top of its weights and inputs.
 
 FLOPs: the layer's own analytic `flops(batch, len_q, len_k)`, forward, 2 FLOPs per multiply-add
 (cross-checked against torch's and fvcore's counters in tests/test_flops.py).
 
-Derived figures (`scaling_exponent`, `efficiency_lengths`): see their docstrings.
+Derived figures (scaling exponents, efficiency lengths) are fitted from the points by `cab.bench.scaling`.
+A point that fails gets its status from `cab.results.status.classify`, as a job of `cab run` does.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ import torch
 
 from cab.patterns import Pattern
 from cab.registry import build_attention, import_modules, with_length_bound
-from cab.scaling import cab_fit_length, crossing_length, efficiency_lengths, scaling_exponent  # noqa: F401 (re-exported)
+from cab.results.status import classify
 
 FLOPS_CONVENTION = "forward FLOPs of the layer by its analytic formula, 2 FLOPs per multiply-add"
 
@@ -228,19 +230,6 @@ def cuda_peak_memory(call: Callable[[], object], device: str) -> tuple[int, str]
 # ---------------------------------------------------------------------------------------------
 # one point
 
-_OOM_TEXT = ("out of memory", "can't allocate memory", "cannot allocate memory", "defaultcpuallocator")
-
-
-def classify_error(exc: BaseException) -> str:
-    """'oom' for every flavour of out-of-memory (torch's, Python's, the CPU allocator's), else 'failed'."""
-    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
-        return "oom"
-    text = str(exc).lower()
-    if isinstance(exc, RuntimeError) and any(t in text for t in _OOM_TEXT):
-        return "oom"
-    return "failed"
-
-
 def measure_point(
     attention: str,
     pattern: Pattern | str,
@@ -309,7 +298,7 @@ def measure_point(
         point.time_median_s, point.time_iqr_s = median_iqr(samples)
         point.repeats = len(samples)
     except Exception as exc:  # noqa: BLE001 - a failed point is recorded, the sweep goes on
-        point.status = classify_error(exc)
+        point.status = classify(exc)  # the classifier `cab run` uses: the CPU allocator's error is oom
         point.error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:500]
     return point
 
@@ -332,7 +321,7 @@ def measure_point_isolated(timeout_s: float = 900, memory_limit_bytes: int | Non
     args = dict(kwargs)
     args["pattern"] = Pattern.parse(args["pattern"]).value
     code = (
-        "import json,sys; from cab.efficiency import measure_point; "
+        "import json,sys; from cab.bench.measure import measure_point; "
         "print(json.dumps(measure_point(**json.loads(sys.argv[1])).as_dict()))"
     )
     env = dict(os.environ)

@@ -1,0 +1,126 @@
+"""One cell of the grid: train, evaluate, measure, and write exactly one record, whatever happens.
+
+`run_job(cfg)` is what `cab run` calls for every job, under any Hydra launcher. It never raises for
+a problem of the run itself: an unsupported attention × pattern, an exception, a NaN loss, an
+out-of-memory error or a timeout each end as a record with the matching status and the error (the
+status from `cab.results.status.classify`, the classifier `cab bench` uses too). The training
+itself is `cab.run.training`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+from cab.patterns import Pattern
+from cab.registry import ChoiceError, attention_spec, import_modules, task_spec
+from cab.results.environment import command_line, environment, hardware_label, job_command, now_iso
+from cab.results.markers import reconcile_crashed, remove_marker, write_marker
+from cab.results.records import SCHEMA, read_record, run_id_of, write_record
+from cab.results.status import JobTimeout, classify, error_info
+from cab.run.training import train_and_evaluate
+
+RETRYABLE = ("failed", "oom", "nan", "timeout")  # statuses that `retry_failed=true` runs again
+
+
+def check_cell(attention: str, task: str, pattern: str) -> None:
+    """Raise ChoiceError (one line, valid choices named) for names that do not exist or a pattern the
+    task does not exercise. An attention that lacks the pattern is *not* an error: it is recorded."""
+    pattern_ = Pattern.parse(pattern)
+    attention_spec(attention)
+    spec = task_spec(task)
+    if pattern_ not in spec.patterns:
+        valid = ", ".join(p.value for p in Pattern if p in spec.patterns)
+        raise ChoiceError(f"task {task!r} does not exercise pattern {pattern_.value}; its patterns: {valid}")
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float | None):
+    """Raise JobTimeout in the main thread after `seconds` (None or <= 0: no limit)."""
+    if not seconds or seconds <= 0 or not hasattr(signal, "setitimer"):
+        yield
+        return
+
+    def on_alarm(signum, frame):
+        raise JobTimeout(f"job exceeded its time limit of {seconds:g} s")
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def run_job(config: dict[str, Any]) -> dict[str, Any]:
+    """Run one cell from a resolved config (a plain dict) and return its record (also written)."""
+    started = time.time()
+    results_dir = Path(config["results_dir"])
+    run_id = run_id_of(config)
+    target = results_dir / f"{run_id}.json"
+    reconcile_crashed(results_dir)  # records for earlier jobs here whose process died
+    if target.exists() and not config.get("force", False):
+        record = read_record(target)
+        if not (config.get("retry_failed") and record.get("status") in RETRYABLE):
+            record["_skipped"] = True
+            return record
+
+    import torch
+
+    import_modules(config.get("imports") or [])
+    attention_cfg = dict(config["attention"])
+    attention = attention_cfg.pop("name")
+    task_cfg = dict(config["task"])
+    task = task_cfg.pop("name")
+    pattern = Pattern.parse(config["pattern"])
+    trainer = config["trainer"]
+    record: dict[str, Any] = {
+        "schema": SCHEMA,
+        "kind": "train",
+        "run_id": run_id,
+        "status": "ok",
+        "attention": attention,
+        "pattern": pattern.value,
+        "task": task,
+        "task_variant": None,
+        "seed": int(config["seed"]),
+        "scale": trainer.get("name"),
+        "hardware": None,
+        "metrics": {},
+        "metric_info": {},
+        "primary_metric": None,
+        "reference_metrics": {},
+        "cost": {},
+        "attention_info": {},
+        "reason": None,
+        "config": config,
+        "env": {},
+        "command": job_command("cab run") or command_line(),
+        "started_at": now_iso(),
+        "duration_s": None,
+        "error": None,
+    }
+    write_marker(record, results_dir, trainer.get("max_seconds"))
+    try:
+        if config.get("threads"):
+            torch.set_num_threads(int(config["threads"]))
+        record["env"] = environment()
+        record["hardware"] = hardware_label(record["env"])
+        spec = attention_spec(attention)
+        if pattern not in spec.patterns:
+            record["status"] = "unsupported"
+            record["reason"] = spec.unsupported[pattern]
+        else:
+            with time_limit(trainer.get("max_seconds")):
+                train_and_evaluate(record, config, attention, attention_cfg, task, task_cfg, pattern)
+    except Exception as exc:  # noqa: BLE001 - every failure becomes a record; the sweep goes on
+        record["status"] = classify(exc)
+        record["error"] = error_info(exc)
+    record["duration_s"] = round(time.time() - started, 3)
+    write_record(record, results_dir)
+    remove_marker(results_dir, run_id)
+    return record
