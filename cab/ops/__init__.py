@@ -1,0 +1,102 @@
+"""cab.ops: the attention kernels of the zoo, each written once, with a plain reference form beside it.
+
+Depends on torch (and nothing of the harness). Shapes: (B, H, L, D) per head; masks follow masking.py:
+key_padding_mask (B, Lk) True = padding, keep (B, L) True = real, allowed (.., Lq, Lk) True = may attend.
+FLOPs functions count matrix products only, 2 per multiply-add, as torch's FlopCounterMode does.
+
+op (reference form, if any)                     module        used by
+----------------------------------------------  ------------  ------------------------------------------------
+keep_mask, allowed_mask, causal_mask            masking       every mechanism with padding or causal masks
+sdpa_mask                                       masking       softmax, flash, ccam (F.scaled_dot_product_attention)
+zero_padding                                    masking       linear, based, lightning, channel, cosformer, ...
+masked_softmax (-inf softmax + nan_to_num)      masking       vanilla, landmark, aggregated, longshort, lara,
+                                                              nystromformer, probsparse, abc, agent, ...
+masked_softmax_lse, merge_softmax_parts         masking       longshort (long + short parts), reformer (rounds)
+  (one softmax over the union of the keys)
+softmax_attention (+_flops)                     masking       vanilla, agent, halo, lsda, routing, lookup, ...
+  (masked_softmax(q kᵀ) v, written out)
+window_attention (+_flops)                      windows       local, sliding_window, based (window part),
+  (softmax_attention with window_allowed)                     longshort (short part), reformer, halo, lsda
+unfold_windows, window_valid                    windows       aggregated (a window per position)
+causal_recurrence (+_flops)                     recurrence    lightning (per-head decay), performer (per
+  (causal_recurrence_reference: the step loop)                position), mamba (per channel), flowformer; linear,
+                                                              based, cosformer through linear_attention
+log_decay_from_cumulative                       recurrence    performer (cumulative stabiliser -> per step)
+linear_attention (+_flops)                      linear        linear, based, cosformer, performer; lightning and
+  (linear_attention_reference: quadratic form)                flowformer with normalize=False
+segment_weights, segment_means, segment_ids,    pooling       nystromformer, lara, agent, aggregated, lookup
+  segment_bounds (segment_means_reference)
+causal_segment_means (…_reference)              pooling       aggregated (causal pooled tokens)
+causal_prefix_mean                              pooling       gaussian (causal running statistics)
+elu / relu / silu_feature_map                   feature_maps  linear / cosformer / lightning
+taylor_feature_map, taylor_feature_size         feature_maps  based (identity 1 + s + s²/2 tested)
+cosformer_feature_map                           feature_maps  cosformer (identity cos(π(i-j)/2M) tested)
+orthogonal_gaussian, favor_log_features,        feature_maps  performer (the stabilisers cancel: tested)
+  favor_query_features, favor_key_features
+ceil_div, pad_to_multiple                       shapes        landmark, routing, mamba, halo, lsda (blocks)
+"""
+
+from .feature_maps import (
+    cosformer_feature_map,
+    elu_feature_map,
+    favor_key_features,
+    favor_log_features,
+    favor_query_features,
+    orthogonal_gaussian,
+    relu_feature_map,
+    silu_feature_map,
+    taylor_feature_map,
+    taylor_feature_size,
+)
+from .linear import linear_attention, linear_attention_flops, linear_attention_reference
+from .masking import (
+    allowed_mask,
+    causal_mask,
+    keep_mask,
+    masked_softmax,
+    masked_softmax_lse,
+    merge_softmax_parts,
+    sdpa_mask,
+    softmax_attention,
+    softmax_attention_flops,
+    zero_padding,
+)
+from .pooling import (
+    causal_prefix_mean,
+    causal_segment_means,
+    causal_segment_means_reference,
+    segment_bounds,
+    segment_ids,
+    segment_means,
+    segment_means_reference,
+    segment_weights,
+)
+from .recurrence import (
+    DECAY_KINDS,
+    causal_recurrence,
+    causal_recurrence_flops,
+    causal_recurrence_reference,
+    decay_kind,
+    log_decay_from_cumulative,
+)
+from .shapes import ceil_div, pad_to_multiple
+from .windows import (
+    unfold_windows,
+    window_allowed,
+    window_attention,
+    window_attention_flops,
+    window_block_size,
+    window_valid,
+)
+
+__all__ = [
+    "DECAY_KINDS", "allowed_mask", "causal_mask", "causal_prefix_mean", "causal_recurrence", "causal_recurrence_flops",
+    "causal_recurrence_reference", "causal_segment_means", "causal_segment_means_reference", "ceil_div",
+    "cosformer_feature_map", "decay_kind", "elu_feature_map", "favor_key_features", "favor_log_features",
+    "favor_query_features", "keep_mask", "linear_attention", "linear_attention_flops", "linear_attention_reference",
+    "log_decay_from_cumulative", "masked_softmax", "masked_softmax_lse", "merge_softmax_parts", "orthogonal_gaussian",
+    "pad_to_multiple", "relu_feature_map", "sdpa_mask", "segment_bounds", "segment_ids", "segment_means",
+    "segment_means_reference", "segment_weights", "silu_feature_map", "softmax_attention", "softmax_attention_flops",
+    "taylor_feature_map", "taylor_feature_size", "unfold_windows", "window_allowed", "window_attention",
+    "window_attention_flops", "window_block_size", "window_valid", "zero_padding",
+]
