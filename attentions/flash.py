@@ -18,8 +18,10 @@ Which kernel runs, in order of preference:
      `_scaled_dot_product_flash_attention_for_cpu`, a tiled online-softmax kernel).
 `runtime_info()` reports which one ran (`kernel`) for the result record.
 
-Memory O(Lq·Dh) per head; FLOPs are those of exact attention, 4·B·Lq·Lk·dim (QKᵀ and P·V, the
-causal half not discounted). Causal cross holds: queries never interact.
+Memory O(Lq·Dh) per head; FLOPs are those of exact attention, 4·B·Lq·Lk·dim (QKᵀ and P·V), and
+for causal self only the unmasked pairs, 4·B·dim·L(L+1)/2: the kernels skip the blocks above the
+diagonal, and FlashAttention's papers count causal attention this way. Causal cross holds: queries
+never interact.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from cab.attention import kv_cache_size
+from cab.attention import exact_attention_flops, kv_cache_size
 from cab import MultiHeadAttention, Pattern, register_attention
 
 try:  # optional GPU package; its absence is normal on CPU machines
@@ -97,7 +99,10 @@ class FlashAttention(MultiHeadAttention):
         return {"kernel": self._kernel, "flash_attn_installed": _flash_attn_func is not None}
 
     def core_flops(self, batch: int, len_q: int, len_k: int) -> int:
-        return 4 * batch * len_q * len_k * self.dim
+        return exact_attention_flops(batch, len_q, len_k, self.dim, self.causal)  # causal: unmasked pairs
+
+    def skipped_masked_flops(self, batch: int, len_q: int, len_k: int) -> int:
+        return exact_attention_flops(batch, len_q, len_k, self.dim, False) - self.core_flops(batch, len_q, len_k)
 
     def state_size(self, seq_len: int) -> int:
         return kv_cache_size(self.dim, seq_len)  # the KV cache of the decoding form

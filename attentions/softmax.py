@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from cab.attention import kv_cache_size
+from cab.attention import exact_attention_flops, kv_cache_size
 from cab import MultiHeadAttention, Pattern, register_attention
 
 
@@ -39,9 +39,12 @@ class SoftmaxAttention(MultiHeadAttention):
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=is_causal)
 
     def core_flops(self, batch: int, len_q: int, len_k: int) -> int:
-        # QKᵀ and (softmax)·V: 2·Lq·Lk·Dh each per head -> 4·B·Lq·Lk·dim. The causal mask is counted
-        # in full, as the CPU kernels compute it; softmax's exp/sum are not matrix products.
-        return 4 * batch * len_q * len_k * self.dim
+        # QKᵀ and (softmax)·V; causal: the unmasked pairs only, since SDPA's fused kernels skip the
+        # blocks above the diagonal. softmax's exp/sum are not matrix products.
+        return exact_attention_flops(batch, len_q, len_k, self.dim, self.causal)
+
+    def skipped_masked_flops(self, batch: int, len_q: int, len_k: int) -> int:
+        return exact_attention_flops(batch, len_q, len_k, self.dim, False) - self.core_flops(batch, len_q, len_k)
 
     def state_size(self, seq_len: int) -> int:
         return kv_cache_size(self.dim, seq_len)  # the KV cache of the decoding form

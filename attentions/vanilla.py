@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from cab.attention import kv_cache_size
+from cab.attention import exact_attention_flops, kv_cache_size
 from cab import MultiHeadAttention, Pattern, register_attention
 
 
@@ -45,7 +45,8 @@ class VanillaAttention(MultiHeadAttention):
         return self.dropout(probs) @ v  # (B, H, Lq, Dh)
 
     def core_flops(self, batch: int, len_q: int, len_k: int) -> int:
-        return 4 * batch * len_q * len_k * self.dim
+        # every score is computed, then masked: the full Lq·Lk pairs even when causal
+        return exact_attention_flops(batch, len_q, len_k, self.dim, causal=False)
 
     def state_size(self, seq_len: int) -> int:
         return kv_cache_size(self.dim, seq_len)  # the KV cache of the decoding form

@@ -11,6 +11,12 @@ to (B, Lq, dim) and states its cost:
 
     flops(batch, len_q, len_k) -> forward FLOPs of the whole layer (2 FLOPs per multiply-add)
     state_size(seq_len)        -> numbers carried by its recurrent form per example, or None
+
+A mechanism may also declare its *reference*: the same function computed the plain way (the
+quadratic masked form, or the step-by-step recurrence) that its fast form must equal, by writing
+`reference_attend` (same signature as `attend`) or, for a whole layer, `reference_forward` (same
+signature as `forward`). The contract test compares every declared reference with the layer in
+float64, so a new mechanism with a reference is checked without new test code.
 """
 
 from __future__ import annotations
@@ -58,6 +64,25 @@ class AttentionLayer(nn.Module):
         """Numbers per example carried across positions by the recurrent form (None: no such form)."""
         return None
 
+    def reference_forward(
+        self, x: torch.Tensor, context: torch.Tensor | None = None, key_padding_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The layer computed by its plain reference form (see the module docstring)."""
+        raise NotImplementedError(f"{type(self).__name__} declares no reference form")
+
+    @classmethod
+    def declares_reference(cls) -> bool:
+        """True when the class writes a reference form (`reference_forward`, or `reference_attend`)."""
+        return cls.reference_forward is not AttentionLayer.reference_forward
+
+    def skipped_masked_flops(self, batch: int, len_q: int, len_k: int) -> int:
+        """FLOPs of the dense masked form that this layer's algorithm skips (0 by default).
+
+        Fused exact kernels skip the blocks above the causal diagonal, so their stated FLOPs count
+        only the unmasked half; the FLOP counters run the dense math form and count the masked half
+        too. The FLOP test adds this back before comparing."""
+        return 0
+
     def runtime_info(self) -> dict:
         """Facts about how this layer ran (e.g. which kernel), copied into the result record."""
         return {}
@@ -87,17 +112,35 @@ class MultiHeadAttention(AttentionLayer):
     def forward(
         self, x: torch.Tensor, context: torch.Tensor | None = None, key_padding_mask: torch.Tensor | None = None
     ) -> torch.Tensor:
+        return self.project_and_attend(self.attend, x, context, key_padding_mask)
+
+    def project_and_attend(self, core, x, context, key_padding_mask) -> torch.Tensor:
+        """Projections around a per-head core (`attend`, or `reference_attend` for the reference)."""
         source = self.check_inputs(x, context)
         q = self.split_heads(self.q_proj(x))  # (B, H, Lq, Dh)
         k = self.split_heads(self.k_proj(source))  # (B, H, Lk, Dh)
         v = self.split_heads(self.v_proj(source))  # (B, H, Lk, Dh)
-        out = self.attend(q, k, v, key_padding_mask)  # (B, H, Lq, Dh)
+        out = core(q, k, v, key_padding_mask)  # (B, H, Lq, Dh)
         return self.out_proj(self.merge_heads(out))
 
     def attend(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding_mask: torch.Tensor | None
     ) -> torch.Tensor:
         raise NotImplementedError
+
+    def reference_attend(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_padding_mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        """The per-head core computed by its plain reference form (same shapes as `attend`)."""
+        raise NotImplementedError(f"{type(self).__name__} declares no reference form")
+
+    def reference_forward(self, x, context=None, key_padding_mask=None):
+        return self.project_and_attend(self.reference_attend, x, context, key_padding_mask)
+
+    @classmethod
+    def declares_reference(cls) -> bool:
+        return (cls.reference_attend is not MultiHeadAttention.reference_attend
+                or cls.reference_forward is not MultiHeadAttention.reference_forward)
 
     # -- cost -----------------------------------------------------------------------------------
     def projection_flops(self, batch: int, len_q: int, len_k: int) -> int:
@@ -115,6 +158,17 @@ def kv_cache_size(dim: int, length: int) -> int:
     """State of exact attention's recurrent (decoding) form: the cached keys and values, 2·dim·L per
     example per layer (Zoology counts MHA's state the same way)."""
     return 2 * dim * length
+
+
+def exact_attention_flops(batch: int, len_q: int, len_k: int, dim: int, causal: bool) -> int:
+    """QKᵀ and P·V: 2·Dh FLOPs each per (query, key) pair per head -> 4·dim per pair, per example.
+
+    Noncausal and cross: every pair, Lq·Lk. Causal self: only the pairs j <= i, L(L+1)/2, the way
+    FlashAttention's papers count causal attention (about half the work: fused kernels skip the
+    blocks above the diagonal). A layer that computes every score and masks afterwards (`vanilla`)
+    passes causal=False: its algorithm does the full work."""
+    pairs = len_q * (len_q + 1) // 2 if causal else len_q * len_k
+    return 4 * batch * pairs * dim
 
 
 def masked_fill_padding(scores: torch.Tensor, key_padding_mask: torch.Tensor | None) -> torch.Tensor:

@@ -47,9 +47,11 @@ def make(name: str, pattern: Pattern, len_q: int = LEN_Q, len_k: int = LEN_K):
     return layer, x, context, int(layer.flops(BATCH, len_q, len_k))
 
 
-def check(layer, stated: int, counted: int, counter: str) -> None:
+def check(layer, stated: int, counted: int, counter: str, len_q: int = LEN_Q, len_k: int = LEN_K) -> None:
     name = type(layer).attention_name
     assert stated > 0, f"{name}: stated FLOPs must be positive"
+    # the counters run the dense math form: add back the masked blocks a fused kernel skips
+    stated += layer.skipped_masked_flops(BATCH, len_q, len_k if layer.pattern.is_cross else len_q)
     if getattr(layer, "flops_matmul_only", True):
         rel = abs(stated - counted) / max(stated, counted)
         assert rel <= TOLERANCE, (
@@ -183,7 +185,7 @@ def test_flops_match_fvcore(name, pattern):
         counted = fvcore_count(layer, x, context)
     except Exception as exc:  # noqa: BLE001 - a mechanism jit.trace cannot follow: a counter limit
         pytest.skip(f"fvcore cannot trace {name} ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})")
-    check(layer, stated, counted, "fvcore (×2)")
+    check(layer, stated, counted, "fvcore (×2)", FV_LEN_Q, FV_LEN_K)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -213,6 +215,17 @@ def test_counters_agree_on_plain_attention_core():
         analysis = FlopCountAnalysis(module, (q, k, v))
         analysis.set_op_handle(**FVCORE_HANDLES).unsupported_ops_warnings(False)
         assert 2 * analysis.total() == expected
+
+
+def test_causal_exact_attention_counts_the_unmasked_pairs():
+    """Causal softmax states the L(L+1)/2 unmasked pairs (FlashAttention's count), vanilla every pair."""
+    length = 64
+    pairs = length * (length + 1) // 2
+    for name, expected_pairs in (("softmax", pairs), ("flash", pairs), ("vanilla", length * length)):
+        layer = build_attention(name, dim=DIM, num_heads=HEADS, pattern=Pattern.CAUSAL_SELF)
+        assert layer.core_flops(1, length, length) == 4 * expected_pairs * DIM, name
+        noncausal = build_attention(name, dim=DIM, num_heads=HEADS, pattern=Pattern.NONCAUSAL_SELF)
+        assert noncausal.core_flops(1, length, length) == 4 * length * length * DIM, name
 
 
 def test_matmul_handle_counts_broadcast_of_the_second_operand():
