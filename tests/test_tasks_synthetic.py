@@ -1,5 +1,5 @@
 """The synthetic tasks' generators, checked for the properties their papers define, and one smoke
-run per task × pattern through `cab.runner.run_job` on a composed config.
+run per task × pattern through `cab.run.runner.run_job` on a composed config.
 
 MQAR (Zoology), mqar_cross (ours), gCOG (Ito et al. 2024), ListOps (LRA). Every property here
 could fail: labels are recomputed from the inputs by independent code, placement statistics are
@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from cab import Pattern
-from cab.task import AttentionFactory
+from cab.run.factory import AttentionFactory
 from cab.tasks import gcog, listops
 from cab.tasks.mqar import MQARTask, multiquery_ar
 from cab.tasks.mqar_cross import MQARCrossTask, split_source_target
@@ -322,7 +322,7 @@ CELLS = [("mqar", "causal_self"), ("mqar", "noncausal_self"), ("mqar_cross", "ca
 
 @pytest.mark.parametrize("task,pattern", CELLS, ids=[f"{t}-{p}" for t, p in CELLS])
 def test_smoke_run_per_task_and_pattern(smoke_config, task, pattern):
-    from cab.runner import run_job
+    from cab.run.runner import run_job
 
     config = smoke_config(f"task={task}", f"pattern={pattern}", "attention=linear", "trainer.steps=2")
     assert config["task"]["name"] == task and config["trainer"]["name"] == "smoke"
@@ -346,3 +346,14 @@ def test_mqar_experiments_compose(smoke_config, name):
         assert longest == (128 if name.endswith("cpu") else 256) and max(s["seq_len"] for s in tests) == 4 * longest
         assert max(s["num_kv_pairs"] for s in tests) > max(s["num_kv_pairs"] for s in segments)
     assert config["trainer"]["early_stop_at"] is None  # leaderboard runs never stop early
+
+
+@pytest.mark.parametrize("experiment,random_filler", [("zoology_fig2", False), ("based_mqar", True),
+                                                      ("based_mqar_cpu", True), ("cpu_leaderboard", False)])
+def test_mqar_filler_follows_each_papers_config(experiment, random_filler):
+    """Zoology's figure 2 sets random_non_queries=False; Based's figure 2 keeps the generator's default
+    (True: random filler tokens). The leaderboard uses Zoology's."""
+    from conftest import compose
+
+    cfg = compose([f"experiment={experiment}", "task=mqar"])
+    assert cfg["task"]["random_non_queries"] is random_filler
