@@ -15,12 +15,14 @@ Port: the 3×3 window becomes a window of W = 9 tokens (centred; causal: the 9 u
 the query); the 7×7 pooled map becomes P = 49 average-pooled segments; the pooled keys/values are
 pooled from the projected k and v (pooling commutes with the projections; TransNeXt's norm + GELU
 between pooling and projection is dropped, and so is the CPB position bias of the pooled tokens;
-the window keeps a learned relative position bias). Causal: each query pools its own visible
-prefix x[:i+1] into P segments (adaptive pooling of the prefix, from prefix sums), so coarse tokens
-only summarise positions at or before the query.
+the window keeps a learned relative position bias). Pooling is the binning rule of `cab.ops.pooling`
+over the real tokens (fewer real tokens than P: tokens repeat, every pooled token is defined). Causal:
+each query pools the real tokens of its own prefix x[:i+1] into P segments (`causal_segment_means_of`,
+from prefix sums computed once), so coarse tokens only summarise positions at or before the query.
 
 Cost per head: 6·L·W·Dh (window scores, learnable tokens, window values) + 4·L·P·Dh (pooled).
 Memory: windows and per-query pooled tokens are built one chunk of queries at a time, O(c·(W+P)·Dh).
+Reference (`reference_attend`): query by query, window slots and pooled tokens (by loops) under one softmax.
 """
 
 from __future__ import annotations
@@ -32,8 +34,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from cab import MultiHeadAttention, Pattern, register_attention
-
-from ._part3_common import keep_mask, masked_softmax, segment_mean, sliding_windows, window_valid
+from cab.ops import (
+    causal_segment_means_of,
+    causal_segment_means_reference,
+    keep_mask,
+    masked_softmax,
+    rank_prefix,
+    segment_means,
+    segment_means_reference,
+    unfold_windows,
+    window_valid,
+)
 
 _NO_CROSS = "the sliding window needs aligned query and key positions, which a separate source does not have"
 
@@ -68,26 +79,6 @@ class AggregatedAttention(MultiHeadAttention):
             return w - 1, 0
         return (w - 1) // 2, w - 1 - (w - 1) // 2
 
-    def _prefix_pool(self, prefix_k, prefix_v, prefix_n, start, stop):
-        """Per query i in [start, stop): its prefix x[:i+1] pooled into P segments.
-        prefix_k/v: (B, H, L+1, Dh) exclusive prefix sums; prefix_n: (B, L+1) real-token counts.
-        -> keys, values (B, H, c, P, Dh), valid (B, c, P)."""
-        p = self.pool_size
-        n = torch.arange(start + 1, stop + 1, device=prefix_k.device)  # visible positions per query
-        bounds = torch.div(n[:, None] * torch.arange(p + 1, device=n.device), p, rounding_mode="floor")  # (c, P+1)
-        flat = bounds.reshape(-1)
-        b, h, _, d = prefix_k.shape
-        c = stop - start
-
-        def seg_sums(t):  # (B, H, L+1, Dh) -> (B, H, c, P, Dh)
-            g = t.index_select(2, flat).view(b, h, c, p + 1, d)
-            return g[:, :, :, 1:] - g[:, :, :, :-1]
-
-        cnt = prefix_n.index_select(1, flat).view(b, c, p + 1)
-        cnt = cnt[:, :, 1:] - cnt[:, :, :-1]  # (B, c, P)
-        denom = cnt.clamp(min=1).to(prefix_k.dtype)[:, None, :, :, None]
-        return seg_sums(prefix_k) / denom, seg_sums(prefix_v) / denom, cnt > 0
-
     def attend(self, q, k, v, key_padding_mask):
         b, h, length, d = q.shape  # (B, H, L, Dh)
         keep = keep_mask(key_padding_mask, b, length, q.device)  # (B, L)
@@ -100,27 +91,25 @@ class AggregatedAttention(MultiHeadAttention):
             qn, kn = q, k
             qs = (q + self.query_embedding) * d**-0.5
         if p and not self.causal:
-            kp, pvalid = segment_mean(k, keep, p)  # (B, H, P, Dh), (B, P)
-            vp, _ = segment_mean(v, keep, p)
+            kp, pvalid = segment_means(k, keep, p)  # pooled keys (B, H, P, Dh), valid (B, P)
+            vp, _ = segment_means(v, keep, p)
             if self.qk_norm:
                 kp = F.normalize(kp, dim=-1)
         if p and self.causal:
-            w8 = keep.to(k.dtype)
-            prefix_k = F.pad(torch.cumsum(k * w8[:, None, :, None], dim=2), (0, 0, 1, 0))  # (B, H, L+1, Dh)
-            prefix_v = F.pad(torch.cumsum(v * w8[:, None, :, None], dim=2), (0, 0, 1, 0))
-            prefix_n = F.pad(torch.cumsum(keep.to(torch.long), dim=1), (1, 0))  # (B, L+1)
+            prefix_k, prefix_v = rank_prefix(k, keep), rank_prefix(v, keep)  # once; each chunk reads them
 
         outs = []
         for s in range(0, length, self.chunk_size):
             e = min(length, s + self.chunk_size)
-            kw = sliding_windows(kn, left, right, s, e)  # (B, H, c, W, Dh)
-            vw = sliding_windows(v, left, right, s, e)  # (B, H, c, W, Dh)
+            kw = unfold_windows(kn, left, right, s, e)  # (B, H, c, W, Dh)
+            vw = unfold_windows(v, left, right, s, e)  # (B, H, c, W, Dh)
             wvalid = window_valid(keep, left, right, s, e)[:, None]  # (B, 1, c, W)
             qs_c, qn_c = qs[:, :, s:e], qn[:, :, s:e]  # (B, H, c, Dh)
             s_loc = (qs_c.unsqueeze(-2) @ kw.transpose(-1, -2)).squeeze(-2) + self.rel_pos_bias  # (B, H, c, W)
             if p:
                 if self.causal:
-                    kpc, vpc, pv = self._prefix_pool(prefix_k, prefix_v, prefix_n, s, e)  # (B, H, c, P, Dh)
+                    kpc, pv = causal_segment_means_of(prefix_k, p, s, e)  # (B, H, c, P, Dh), (B, c, P)
+                    vpc, _ = causal_segment_means_of(prefix_v, p, s, e)
                     if self.qk_norm:
                         kpc = F.normalize(kpc, dim=-1)
                     s_pool = (qs_c.unsqueeze(-2) @ kpc.transpose(-1, -2)).squeeze(-2)  # (B, H, c, P)
@@ -129,7 +118,7 @@ class AggregatedAttention(MultiHeadAttention):
                     s_pool = qs_c @ kp.transpose(-1, -2)  # (B, H, c, P)
                     pallow = pvalid[:, None, None, :].expand(-1, 1, e - s, -1)
                 allowed = torch.cat([wvalid, pallow], dim=-1)
-                attn = masked_softmax(torch.cat([s_loc, s_pool], dim=-1), allowed)
+                attn = masked_softmax(torch.cat([s_loc, s_pool], dim=-1), allowed)  # one softmax over both
                 a_loc, a_pool = attn[..., : self.window_size], attn[..., self.window_size :]
             else:
                 a_loc = masked_softmax(s_loc, wvalid)
@@ -142,6 +131,44 @@ class AggregatedAttention(MultiHeadAttention):
                     out = out + a_pool @ vp
             outs.append(out)
         return torch.cat(outs, dim=2)
+
+    def reference_attend(self, q, k, v, key_padding_mask):
+        """One query at a time: its window slots inside the sequence and its pooled tokens (all real tokens, or
+        its prefix's, pooled by the `segment_means_reference` loops), scored under one masked softmax."""
+        b, h, length, d = q.shape
+        keep = keep_mask(key_padding_mask, b, length, q.device)
+        left, _ = self._reach()
+        p = self.pool_size
+        if self.qk_norm:
+            qn, kn = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
+            qs = (qn + self.query_embedding) * F.softplus(self.temperature) * math.log(self.window_size + p)
+        else:
+            qn, kn = q, k
+            qs = (q + self.query_embedding) * d**-0.5
+        if p and self.causal:  # (B, H, L, P, Dh): query i's prefix pooled; valid (B, L, P)
+            kp_i, valid_i = causal_segment_means_reference(k, keep, p)
+            vp_i, _ = causal_segment_means_reference(v, keep, p)
+        elif p:
+            (kp, valid), (vp, _) = segment_means_reference(k, keep, p), segment_means_reference(v, keep, p)
+        extra = qn @ self.learnable_tokens + self.learnable_bias  # q·T + b: (B, H, L, W)
+        out = torch.zeros_like(q)
+        for i in range(length):
+            slots = [w for w in range(self.window_size) if 0 <= i - left + w < length]
+            keys = [i - left + w for w in slots]
+            real = keep[:, keys][:, None, :]  # (B, 1, n)
+            scores = (qs[:, :, i, None, :] * kn[:, :, keys]).sum(-1) + self.rel_pos_bias[:, 0, slots]  # (B, H, n)
+            allowed = real
+            if p:
+                kp_q, vp_q, valid_q = (kp_i[:, :, i], vp_i[:, :, i], valid_i[:, i]) if self.causal else (kp, vp, valid)
+                kp_q = F.normalize(kp_q, dim=-1) if self.qk_norm else kp_q
+                scores = torch.cat([scores, (qs[:, :, i, None, :] * kp_q).sum(-1)], dim=-1)  # (B, H, n + P)
+                allowed = torch.cat([real, valid_q[:, None, :]], dim=-1)
+            attn = masked_softmax(scores, allowed)
+            a_loc = attn[..., : len(slots)] + extra[:, :, i, slots] * real
+            out[:, :, i] = (a_loc[..., None] * v[:, :, keys]).sum(-2)
+            if p:
+                out[:, :, i] += (attn[..., len(slots) :, None] * vp_q).sum(-2)
+        return out
 
     def core_flops(self, batch: int, len_q: int, len_k: int) -> int:
         # per query and head: window scores 2·W·Dh, learnable tokens q·T 2·Dh·W, window values 2·W·Dh;

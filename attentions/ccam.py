@@ -15,7 +15,9 @@ N is the query count Lq (Video-CCAM's fixed learnable query set) unless `num_que
 the causal-cross pattern, output i must not depend on how many queries follow it, so N cannot be
 Lq there: it is `num_queries`, default 1024. Port: frames become source positions; nothing else
 changes. Dense masked attention: cost as softmax, 4·Lq·Lk·dim; the mask is an Lq×Lk boolean tensor
-(the algorithm is a dense masked cross attention).
+(the algorithm is a dense masked cross attention), through F.scaled_dot_product_attention.
+Reference (`reference_attend`): the mask built query by query from each example's real source tokens,
+then the dense masked softmax.
 """
 
 from __future__ import annotations
@@ -24,8 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from cab import MultiHeadAttention, Pattern, register_attention
-
-from ._part3_common import keep_mask
+from cab.ops import keep_mask, masked_softmax, sdpa_mask, softmax_attention_flops
 
 _NO_SELF = "CCAM masks a query set reading a separate, temporally ordered source; on one sequence it is plain causal softmax"
 CAUSAL_CROSS_QUERIES = 1024
@@ -57,13 +58,26 @@ class CausalCrossMaskAttention(MultiHeadAttention):
 
     def attend(self, q, k, v, key_padding_mask):
         # q: (B, H, Lq, Dh); k, v: (B, H, Lk, Dh)
-        keep = keep_mask(key_padding_mask, k.shape[0], k.shape[2], k.device)
         if self.use_mask:
-            mask = self.ccam_mask(q.shape[2], keep)
+            mask = self.ccam_mask(q.shape[2], keep_mask(key_padding_mask, k.shape[0], k.shape[2], k.device))
         else:
-            mask = None if key_padding_mask is None else keep[:, None, None, :]
+            mask, _ = sdpa_mask(key_padding_mask, False, q.shape[2], k.shape[2])
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+    def reference_attend(self, q, k, v, key_padding_mask):
+        """softmax(QKᵀ/√Dh) V over the allowed keys: query i sees the real source tokens of rank r with
+        r·N < (i + 1)·n_k, listed example by example."""
+        b, _, len_q, d = q.shape
+        keep = keep_mask(key_padding_mask, b, k.shape[2], k.device)
+        n_slots = self.num_queries or len_q
+        allowed = torch.zeros(b, 1, len_q, k.shape[2], dtype=torch.bool)
+        for bi in range(b):
+            real = keep[bi].nonzero().flatten().tolist()  # positions of the real tokens, in rank order
+            for i in range(len_q):
+                for rank, j in enumerate(real):
+                    allowed[bi, 0, i, j] = not self.use_mask or rank * n_slots < (i + 1) * len(real)
+        return masked_softmax(q @ k.transpose(-1, -2) * d**-0.5, allowed) @ v
 
     def core_flops(self, batch: int, len_q: int, len_k: int) -> int:
         # QKᵀ and ·V in full (the mask is applied, not exploited): 4·Lq·Lk·dim
-        return 4 * batch * len_q * len_k * self.dim
+        return softmax_attention_flops(batch, self.num_heads, len_q, len_k, self.head_dim, self.head_dim)

@@ -21,7 +21,7 @@ Which kernel runs, in order of preference:
 Memory O(Lq·Dh) per head; FLOPs are those of exact attention, 4·B·Lq·Lk·dim (QKᵀ and P·V), and
 for causal self only the unmasked pairs, 4·B·dim·L(L+1)/2: the kernels skip the blocks above the
 diagonal, and FlashAttention's papers count causal attention this way. Causal cross holds: queries
-never interact.
+never interact. Reference: the dense masked form, `cab.ops.softmax_attention` with the same `allowed_mask`.
 """
 
 from __future__ import annotations
@@ -29,8 +29,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from cab.attention import exact_attention_flops, kv_cache_size
 from cab import MultiHeadAttention, Pattern, register_attention
+from cab.attention import exact_attention_flops, kv_cache_size
+from cab.ops import allowed_mask, sdpa_mask, softmax_attention
 
 try:  # optional GPU package; its absence is normal on CPU machines
     from flash_attn import flash_attn_func as _flash_attn_func  # type: ignore
@@ -38,16 +39,6 @@ except Exception:  # noqa: BLE001 - ImportError, or a CUDA build mismatch raised
     _flash_attn_func = None
 
 _SDPA_NAMES = {0: "sdpa_math", 1: "sdpa_flash", 2: "sdpa_efficient", 3: "sdpa_cudnn", 4: "sdpa_overrideable"}
-
-
-def _sdpa_mask(key_padding_mask, causal, len_q, len_k, device):
-    """SDPA's (attn_mask, is_causal); attn_mask True = may attend."""
-    if key_padding_mask is None:
-        return None, causal
-    allowed = ~key_padding_mask[:, None, None, :]  # (B, 1, 1, Lk)
-    if causal:
-        allowed = allowed & torch.ones(len_q, len_k, dtype=torch.bool, device=device).tril()
-    return allowed, False
 
 
 @register_attention("flash", patterns=set(Pattern))
@@ -74,7 +65,7 @@ class FlashAttention(MultiHeadAttention):
             out = _flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), dropout_p=p, causal=self.causal)
             self._kernel = "flash_attn"
             return out.transpose(1, 2)
-        mask, is_causal = _sdpa_mask(key_padding_mask, self.causal, q.shape[-2], k.shape[-2], q.device)
+        mask, is_causal = sdpa_mask(key_padding_mask, self.causal, q.shape[-2], k.shape[-2], q.device)
         if q.is_cuda:
             from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -87,6 +78,9 @@ class FlashAttention(MultiHeadAttention):
                     pass  # neither memory-efficient backend takes these inputs: fall through
         self._kernel = self._sdpa_choice(q, k, v, mask, p, is_causal)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=is_causal)
+
+    def reference_attend(self, q, k, v, key_padding_mask):
+        return softmax_attention(q, k, v, allowed_mask(key_padding_mask, q.shape[-2], k.shape[-2], self.causal))
 
     @staticmethod
     def _sdpa_choice(q, k, v, mask, p, is_causal) -> str:

@@ -19,7 +19,10 @@ Cost: the projections (4·L·dim² FLOPs, `flops`) plus ≈(6G + 10)·L·dim ele
 weights, not matrix products. Memory O(L·dim), no L×L.
 Differences from the reference: heads split the feature axis (the reference splits the norm axis
 into chunks); c starts at 1 (the reference draws N(0, 1), which can start near 0).
-Padding: padded positions are left out of the statistics and the normalisation.
+Padding: padded positions are left out of the statistics and the normalisation (`causal_prefix_mean`
+over the real tokens; `masked_softmax` along the sequence).
+Reference (`reference_forward`): noncausal, the statistics of each example's real tokens by torch.var and
+a softmax over them; causal, the step-by-step recurrence below.
 Recurrent form (causal): Σx, Σx² and the running log Σ m per feature, plus the count:
 state_size = 3·dim + 1.
 """
@@ -32,6 +35,7 @@ import torch
 from torch import nn
 
 from cab import AttentionLayer, Pattern, register_attention
+from cab.ops import causal_prefix_mean, keep_mask, masked_softmax
 
 _NO_CROSS = "GAAM has no queries and keys: it re-weights one sequence by its own statistics"
 
@@ -65,24 +69,54 @@ class GaussianAdaptiveAttention(AttentionLayer):
         self.check_inputs(x, context)
         b, length, _ = x.shape
         v = self.v_proj(x).view(b, length, self.num_heads, self.head_dim)  # (B, L, H, Dh)
-        keep = torch.ones(b, length, 1, 1, dtype=x.dtype, device=x.device)
-        if key_padding_mask is not None:
-            keep = (~key_padding_mask)[:, :, None, None].to(x.dtype)
-        vk = v * keep
-        if self.causal:
-            count = keep.cumsum(1)  # (B, L, 1, 1)
-            mean = vk.cumsum(1) / count.clamp(min=1.0)
-            var = ((vk.square().cumsum(1) - count * mean.square()) / (count - 1).clamp(min=1.0)).clamp(min=0.0)
-            logm = self.log_density(v, mean, var).masked_fill(keep == 0, float("-inf"))
-            weights = torch.exp(logm - torch.logcumsumexp(logm, dim=1))  # m_i / Σ_{j<=i} m_j
-        else:
-            count = keep.sum(1, keepdim=True)  # (B, 1, 1, 1)
+        keep = keep_mask(key_padding_mask, b, length, x.device)  # (B, L)
+        real = keep[:, :, None, None]  # (B, L, 1, 1)
+        if self.causal:  # μ_i, σ²_i of the real tokens <= i; w_i = m_i / Σ_{j<=i} m_j
+            real_only = None if key_padding_mask is None else keep  # None: every token counts (no mask product)
+            count = torch.cumsum(keep.to(x.dtype), dim=1)[:, :, None, None]  # (B, L, 1, 1) real tokens <= i
+            mean = causal_prefix_mean(v, real_only, dim=1)  # (B, L, H, Dh)
+            mean_square = causal_prefix_mean(v.square(), real_only, dim=1)
+            var = count * (mean_square - mean.square()) / (count - 1).clamp(min=1.0)  # unbiased
+            logm = self.log_density(v, mean, var.clamp(min=0.0)).masked_fill(~real, float("-inf"))
+            weights = torch.exp(logm - torch.logcumsumexp(logm, dim=1))  # NaN before the first real token
+            weights = torch.where(real, weights, torch.zeros_like(weights))  # padded positions: 0, never NaN
+        else:  # μ, σ² of all real tokens; w = softmax along the sequence over the real tokens
+            vk = v * real.to(x.dtype)
+            count = real.to(x.dtype).sum(1, keepdim=True)  # (B, 1, 1, 1)
             mean = vk.sum(1, keepdim=True) / count.clamp(min=1.0)
-            var = ((v - mean).square() * keep).sum(1, keepdim=True) / (count - 1).clamp(min=1.0)
-            logm = self.log_density(v, mean, var).masked_fill(keep == 0, float("-inf"))
-            weights = torch.softmax(logm, dim=1)  # normalised along the sequence
-        weights = torch.where(keep > 0, weights, torch.zeros_like(weights))  # padded positions: 0, never NaN
+            var = ((v - mean).square() * real.to(x.dtype)).sum(1, keepdim=True) / (count - 1).clamp(min=1.0)
+            weights = masked_softmax(self.log_density(v, mean, var), real, dim=1)
         return self.out_proj((v * weights).reshape(b, length, self.dim))
+
+    def reference_forward(self, x, context=None, key_padding_mask=None):
+        """Example by example over its real tokens: noncausal, torch.mean / torch.var and a softmax over the
+        sequence; causal, the recurrence on running Σx, Σx², count and log Σ m (the state of `state_size`)."""
+        self.check_inputs(x, context)
+        b, length, _ = x.shape
+        v = self.v_proj(x).view(b, length, self.num_heads, self.head_dim)
+        keep = keep_mask(key_padding_mask, b, length, x.device)
+        out = torch.zeros_like(v)
+        for bi in range(b):
+            real = keep[bi].nonzero().flatten().tolist()
+            if not self.causal:
+                if not real:
+                    continue
+                vr = v[bi, real]  # (n, H, Dh)
+                mean = vr.mean(0, keepdim=True)
+                var = vr.var(0, keepdim=True) if len(real) > 1 else torch.zeros_like(mean)  # unbiased; one token: 0
+                out[bi, real] = vr * torch.softmax(self.log_density(vr[None], mean[None], var[None])[0], dim=0)
+                continue
+            s1, s2 = torch.zeros_like(v[0, 0]), torch.zeros_like(v[0, 0])  # (H, Dh)
+            log_z, count = torch.full_like(v[0, 0], float("-inf")), 0
+            for i in real:
+                vt = v[bi, i]
+                count, s1, s2 = count + 1, s1 + vt, s2 + vt.square()
+                mean = s1 / count
+                var = ((s2 - count * mean.square()) / max(count - 1, 1)).clamp(min=0.0)
+                logm = self.log_density(vt[None, None], mean[None, None], var[None, None])[0, 0]
+                log_z = torch.logaddexp(log_z, logm)
+                out[bi, i] = vt * torch.exp(logm - log_z)
+        return self.out_proj(out.reshape(b, length, self.dim))
 
     def flops(self, batch: int, len_q: int, len_k: int) -> int:
         return 2 * batch * len_q * self.dim * self.dim * 2  # value and output projections

@@ -16,6 +16,7 @@ algorithm, and the reason for O(L²) cost); it is computed one chunk of queries 
 reduced to column sums, never stored whole. Large non-matmul work: the softmax over L² scores.
 
 Cost: 2·L²·dim (scores for the ranking) + 4·R·L·dim (the selected queries' attention).
+Reference (`reference_attend`): the whole L×L attention map, its rollout, top-R, A·V for the chosen rows.
 """
 
 from __future__ import annotations
@@ -26,9 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from cab import MultiHeadAttention, Pattern, register_attention
-
-from ._part3_common import keep_mask, masked_softmax
-
+from cab.ops import allowed_mask, keep_mask, masked_softmax, sdpa_mask, softmax_attention_flops
 
 @register_attention(
     "glca",
@@ -49,36 +48,57 @@ class GlobalLocalCrossAttention(MultiHeadAttention):
         self.top_ratio = top_ratio
         self.chunk_size = chunk_size
 
-    def rollout_scores(self, q, k, keep):
+    def rollout_scores(self, q, k, keep, key_padding_mask):
         """r_j = mean over real queries i and heads of 0.5·A_ij + 0.5·δ_ij. -> (B, L), -inf at padding."""
         b, h, length, d = q.shape
         col = q.new_zeros(b, h, length)
-        allowed = keep[:, None, None, :]  # (B, 1, 1, L)
+        allowed = allowed_mask(key_padding_mask, length, length)  # (B, 1, 1, L) real keys, or None
         for s in range(0, length, self.chunk_size):
-            a = masked_softmax((q[:, :, s : s + self.chunk_size] @ k.transpose(-1, -2)) * d**-0.5, allowed)  # (B, H, c, L)
-            a = a * keep[:, None, s : s + self.chunk_size, None].to(a.dtype)  # padded queries do not vote
+            scores = (q[:, :, s : s + self.chunk_size] @ k.transpose(-1, -2)) * d**-0.5  # (B, H, c, L)
+            a = masked_softmax(scores, allowed)
+            if key_padding_mask is not None:
+                a = a * keep[:, None, s : s + self.chunk_size, None].to(a.dtype)  # padded queries do not vote
             col = col + a.sum(dim=2)
         n = keep.sum(dim=1, keepdim=True).clamp(min=1).to(q.dtype)  # (B, 1)
         r = 0.5 * col.mean(dim=1) / n + 0.5 / n
         return r.masked_fill(~keep, float("-inf"))
 
+    def top_count(self, keep):
+        """R per example, ⌈top_ratio · real tokens⌉ (at least 1): (B,) long."""
+        return torch.ceil(keep.sum(dim=1).to(torch.float64) * self.top_ratio).long().clamp(min=1)
+
     def attend(self, q, k, v, key_padding_mask):
         b, h, length, d = q.shape  # (B, H, L, Dh)
         keep = keep_mask(key_padding_mask, b, length, q.device)
         with torch.no_grad():  # the ranking is a selection, not a differentiable path
-            r = self.rollout_scores(q, k, keep)  # (B, L)
-        n_real = keep.sum(dim=1)  # (B,)
-        count = torch.ceil(n_real.to(torch.float64) * self.top_ratio).long().clamp(min=1)  # R per example
+            r = self.rollout_scores(q, k, keep, key_padding_mask)  # (B, L)
+        count = self.top_count(keep)  # R per example
         r_max = int(count.max())
         idx = r.topk(r_max, dim=1).indices  # (B, R)
         chosen = torch.arange(r_max, device=q.device)[None, :] < count[:, None]  # (B, R)
         gidx = idx[:, None, :, None].expand(-1, h, -1, d)  # (B, H, R, Dh)
         q_sel = q.gather(2, gidx)  # (B, H, R, Dh)
-        mask = keep[:, None, None, :]  # (B, 1, 1, L): SDPA's True = may attend
+        mask, _ = sdpa_mask(key_padding_mask, False, r_max, length)
         o_sel = F.scaled_dot_product_attention(q_sel, k, v, attn_mask=mask)  # (B, H, R, Dh)
         o_sel = torch.where(chosen[:, None, :, None], o_sel, v.gather(2, gidx))
         return v.scatter(2, gidx, o_sel)  # unselected tokens pass through as their own values
 
+    def reference_attend(self, q, k, v, key_padding_mask):
+        """A = softmax(QKᵀ/√Dh) over real keys, all L×L at once; r = mean over heads and real rows of
+        0.5·A + 0.5·I; the top-R real tokens by r take A·V, the others keep V."""
+        b, h, length, d = q.shape
+        keep = keep_mask(key_padding_mask, b, length, q.device)
+        a = masked_softmax(q @ k.transpose(-1, -2) * d**-0.5, keep[:, None, None, :])  # (B, H, L, L)
+        rollout = 0.5 * a + 0.5 * torch.eye(length, dtype=q.dtype)
+        out = v.clone()
+        for bi, r in enumerate(self.top_count(keep).tolist()):
+            rows = rollout[bi][:, keep[bi]][:, :, keep[bi]]  # (H, n, n): real queries and keys
+            score = rows.mean(0).mean(0)  # (n,)
+            top = keep[bi].nonzero().flatten()[score.topk(r).indices]
+            out[bi, :, top] = a[bi, :, top] @ v[bi]
+        return out
+
     def core_flops(self, batch: int, len_q: int, len_k: int) -> int:
         r = math.ceil(len_q * self.top_ratio)
-        return batch * (2 * len_q * len_k * self.dim + 4 * r * len_k * self.dim)
+        ranking = batch * 2 * len_q * len_k * self.dim  # the scores of the rollout (the softmax is not a matmul)
+        return ranking + softmax_attention_flops(batch, self.num_heads, r, len_k, self.head_dim, self.head_dim)

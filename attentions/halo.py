@@ -10,18 +10,18 @@ behind only, and a causal mask applies inside the window.
 Port: the b×b image blocks with a halo ring become blocks of b tokens with h tokens on either side
 (paper defaults b = 8, h = 3 are kept); the relative position embeddings of the paper are omitted.
 
+One call of `cab.ops.window_attention` with block = b, before = after = h (causal: after = 0 and a
+causal mask), exact=False (a block's whole span, not a band per query).
+
 Cost per head: L/b blocks × (b × W) scores and products, W = b + 2h (causal: b + h): O(L·W·Dh).
 Memory: the key/value windows, (L/b)·W·Dh per head; never L×L.
+Reference: dense softmax attention with the blocks' windows as its mask (`window_allowed`).
 """
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
-
 from cab import MultiHeadAttention, Pattern, register_attention
-
-from ._part3_common import ceil_div, keep_mask, masked_attend
+from cab.ops import softmax_attention, window_allowed, window_attention, window_attention_flops
 
 _NO_CROSS = "blocks and halos are neighbourhoods of aligned positions; a separate source sequence has none"
 
@@ -46,34 +46,22 @@ class HaloAttention(MultiHeadAttention):
         return (self.halo_size, 0) if self.causal else (self.halo_size, self.halo_size)
 
     def attend(self, q, k, v, key_padding_mask):
-        b_, h_, length, d = q.shape  # q, k, v: (B, H, L, Dh)
-        blk = self.block_size
+        # q, k, v: (B, H, L, Dh) -> (B, H, L, Dh); every query of a block sees the block's whole window
         before, after = self._window()
-        width = blk + before + after  # W: keys per block
-        n = ceil_div(length, blk)
-        pad = n * blk - length
-        keep = keep_mask(key_padding_mask, b_, length, q.device)  # (B, L)
-        qb = F.pad(q, (0, 0, 0, pad)).view(b_, h_, n, blk, d)  # (B, H, n, b, Dh)
-        # keys padded by the halo on both ends (and to whole blocks), then cut into overlapping windows
-        kp = F.pad(k, (0, 0, before, pad + after)).unfold(2, width, blk)  # (B, H, n, Dh, W)
-        vp = F.pad(v, (0, 0, before, pad + after)).unfold(2, width, blk).transpose(-1, -2)  # (B, H, n, W, Dh)
-        keepw = F.pad(keep, (before, pad + after), value=False).unfold(1, width, blk)  # (B, n, W)
-        allowed = keepw[:, None, :, None, :]  # (B, 1, n, 1, W)
-        if self.causal:
-            # query at offset r of the block sits at window slot r + before; keys up to it are visible
-            r = torch.arange(blk, device=q.device)[:, None]
-            w = torch.arange(width, device=q.device)[None, :]
-            allowed = allowed & (w <= r + before)  # (B, 1, n, b, W)
-        scores = (qb @ kp) * d**-0.5  # (B, H, n, b, W)
-        out = masked_attend(scores, allowed, vp)  # (B, H, n, b, Dh)
-        return out.reshape(b_, h_, n * blk, d)[:, :, :length]
+        return window_attention(q, k, v, before, after, block=self.block_size, exact=False, causal=self.causal,
+                                key_padding_mask=key_padding_mask)
+
+    def reference_attend(self, q, k, v, key_padding_mask):
+        before, after = self._window()
+        allowed = window_allowed(q.shape[-2], before, after, block=self.block_size, exact=False, causal=self.causal,
+                                 key_padding_mask=key_padding_mask)
+        return softmax_attention(q, k, v, allowed)
 
     def core_flops(self, batch: int, len_q: int, len_k: int) -> int:
-        # per block: QKᵀ (2·b·W·Dh) and ·V (2·b·W·Dh), for every head -> 4·n·b·W·dim per example
+        # per block: QKᵀ (2·b·W·Dh) and ·V (2·b·W·Dh) over its window of W = b + before + after keys
         before, after = self._window()
-        width = self.block_size + before + after
-        n = ceil_div(len_q, self.block_size)
-        return 4 * batch * n * self.block_size * width * self.dim
+        d = self.head_dim
+        return window_attention_flops(batch, self.num_heads, len_q, d, d, before, after, self.block_size)
 
     def state_size(self, seq_len: int) -> int | None:
         # recurrent (streaming) form: the keys and values of the current window, b + h - 1 tokens

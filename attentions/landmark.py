@@ -28,6 +28,8 @@ per query, and the gather's backward is a scatter, which makes training at L = 2
 slower than dense attention. There the same sum is taken densely: every query scores every key
 (n·ℓ per query, a matrix product), and the weights w_g·p_g(j) are zero outside the retrieved
 blocks. The two paths are equal (tested); `core_flops` counts the path that runs.
+Both softmaxes (the grouped one and the one inside each block) are `cab.ops.masked_softmax`.
+Reference: the grouped softmax as dense L×L weights, retrieval included (`reference_attend`).
 """
 
 from __future__ import annotations
@@ -38,8 +40,7 @@ import torch
 from torch import nn
 
 from cab import MultiHeadAttention, Pattern, register_attention
-
-from ._part2_common import pad_length, safe_softmax
+from cab.ops import ceil_div, keep_mask, masked_softmax, pad_to_multiple
 
 DENSE_MAX_KEYS = 1024  # up to this many keys, retrieved blocks are read densely (see the docstring)
 
@@ -66,15 +67,13 @@ class LandmarkAttention(MultiHeadAttention):
     def attend(self, q, k, v, key_padding_mask):
         b, h, length, d = q.shape
         ell = min(self.block_size, length)
-        qp, kp, vp = (pad_length(t, ell) for t in (q, k, v))
-        n = qp.shape[2] // ell
-        keep = (torch.arange(n * ell, device=q.device) < length).expand(b, n * ell)
-        if key_padding_mask is not None:
-            keep = keep & ~pad_length(key_padding_mask.float(), ell, dim=-1, value=1.0).bool()
-        keep = keep.reshape(b, n, ell)  # (B, n, ℓ)
-        qb, kb, vb = (t.reshape(b, h, n, ell, d) for t in (qp, kp, vp))
+        n = ceil_div(length, ell)
+        keep = pad_to_multiple(keep_mask(key_padding_mask, b, length, q.device), ell, dim=-1)
+        keep = keep.view(b, n, ell)  # (B, n, ℓ), False past the end
+        qb, kb, vb = (pad_to_multiple(t, ell).view(b, h, n, ell, d) for t in (q, k, v))  # (B, H, n, ℓ, Dh)
         keepf = keep[:, None, :, :, None].to(q.dtype)
-        lk = (kb * keepf).sum(3) / keepf.sum(3).clamp(min=1.0) + self.landmark.to(q.dtype)[None, :, None]  # (B, H, n, Dh)
+        # landmark key of a block: the mean of its real keys plus the learned per-head vector, (B, H, n, Dh)
+        lk = (kb * keepf).sum(3) / keepf.sum(3).clamp(min=1.0) + self.landmark.to(q.dtype)[None, :, None]
         block_ok = keep.any(-1)  # (B, n)
         scale = 1.0 / math.sqrt(d)
         kk = self._k_eff(n)
@@ -96,7 +95,7 @@ class LandmarkAttention(MultiHeadAttention):
         allowed = (blocks[None, :] < cur[:, None]) if self.causal else (blocks[None, :] != cur[:, None])  # (nc, n)
         allowed = allowed[None] & block_ok[:, None, :]  # (B, nc, n)
         land = land.masked_fill(~allowed[:, None, :, None, :], float("-inf"))
-        top = torch.topk(land, kk, dim=-1)  # per query and head
+        top = torch.topk(land, kk, dim=-1)  # per query and head; a -inf pick (too few allowed blocks) gets weight 0
         idx, land_sel = top.indices, top.values  # (B, H, nc, ℓ, k)
         w_land, w_own = self._grouped_weights(q, kb, keep, land_sel, c0, kk, scale)
         if n * ell <= DENSE_MAX_KEYS:
@@ -108,7 +107,7 @@ class LandmarkAttention(MultiHeadAttention):
         v_sel = vb[bi, hi, idx]  # (B, H, nc, ℓ, k, ℓ, Dh)
         tok_keep = keep[bi, idx]  # (B, H, nc, ℓ, k, ℓ)
         scores = ((q * scale)[..., None, :] @ k_sel.transpose(-1, -2)).reshape(b, h, nc, ell, kk, ell)
-        p_in = safe_softmax(scores.masked_fill(~tok_keep, float("-inf")), dim=-1)  # inside each retrieved block
+        p_in = masked_softmax(scores, tok_keep)  # p_g(j): inside each retrieved block
         per_block = (p_in[..., None, :] @ v_sel).squeeze(-2)  # (B, H, nc, ℓ, k, Dh)
         return (w_land[..., None] * per_block).sum(-2) + w_own @ vb[:, :, c0 : c0 + nc]
 
@@ -117,11 +116,11 @@ class LandmarkAttention(MultiHeadAttention):
         w_land (B, H, nc, ℓ, k) and w_own (B, H, nc, ℓ, ℓ)."""
         nc, ell = q.shape[2], q.shape[3]
         own = (q * scale) @ kb[:, :, c0 : c0 + nc].transpose(-1, -2)  # (B, H, nc, ℓ, ℓ)
-        own_ok = keep[:, c0 : c0 + nc, None, :]  # (B, nc, 1, ℓ)
+        own_ok = keep[:, None, c0 : c0 + nc, None, :]  # (B, 1, nc, 1, ℓ)
         if self.causal:
             own_ok = own_ok & torch.ones(ell, ell, dtype=torch.bool, device=q.device).tril()
-        own = own.masked_fill(~own_ok[:, None], float("-inf"))
-        w = safe_softmax(torch.cat([land_sel, own], dim=-1), dim=-1)
+        own_ok = own_ok.expand_as(own)
+        w = masked_softmax(torch.cat([land_sel, own], dim=-1), torch.cat([land_sel > float("-inf"), own_ok], dim=-1))
         return w[..., :kk], w[..., kk:]
 
     @staticmethod
@@ -130,18 +129,48 @@ class LandmarkAttention(MultiHeadAttention):
         b, h, nc, ell, d = q.shape
         n = kb.shape[2]
         scores = ((q * scale).reshape(b, h, nc * ell, d) @ kb.reshape(b, h, n * ell, d).transpose(-1, -2))
-        # a finite mask lets the fused softmax run: an all-padding block gets uniform p, but it is never
-        # retrieved (w_g = 0), and a masked key's exp underflows to exactly 0 in a block with real keys
-        scores = scores.reshape(b, h, nc, ell, n, ell).masked_fill(~keep[:, None, None, None], torch.finfo(q.dtype).min)
+        scores = scores.view(b, h, nc, ell, n, ell).masked_fill_(~keep[:, None, None, None], torch.finfo(q.dtype).min)
+        # masked_softmax without its zeroing of empty rows (a pass over the L×L weights): an all-padding block gets
+        # uniform p, but it is never retrieved (w_g = 0); in a block with real keys a masked key's exp is exactly 0
         p_in = torch.softmax(scores, dim=-1)  # p_g(j) for every block g, (B, H, nc, ℓ, n, ℓ)
-        w_block = torch.zeros(b, h, nc, ell, n, dtype=q.dtype, device=q.device).scatter(-1, idx, w_land)  # 0 if not retrieved
+        w_block = torch.zeros(b, h, nc, ell, n, dtype=q.dtype, device=q.device).scatter(-1, idx, w_land)  # 0: not read
         weights = (w_block[..., None] * p_in).reshape(b, h, nc * ell, n * ell)
         return (weights @ vb.reshape(b, h, n * ell, d)).reshape(b, h, nc, ell, d)
+
+    def reference_attend(self, q, k, v, key_padding_mask):
+        """The grouped softmax as dense L×L weights: w_own on the own block, w_g·p_g(j) on retrieved blocks."""
+        b, h, length, d = q.shape
+        ell = min(self.block_size, length)
+        blk = torch.arange(length, device=q.device) // ell  # block of each position, (L,)
+        n = int(blk[-1]) + 1
+        member = blk[None, :] == torch.arange(n, device=q.device)[:, None]  # (n, L)
+        keep = keep_mask(key_padding_mask, b, length, q.device)  # (B, L)
+        real = (member[None] & keep[:, None, :]).to(q.dtype)  # (B, n, L): the real tokens of each block
+        lk = (real[:, None] @ k) / real.sum(-1).clamp(min=1.0)[:, None, :, None] + self.landmark[None, :, None]
+        s = (q @ k.transpose(-1, -2)) / math.sqrt(d)  # (B, H, L, L)
+        land = (q @ lk.transpose(-1, -2)) / math.sqrt(d)  # (B, H, L, n)
+        same = blk[:, None] == blk[None, :]  # (L, L)
+        own_ok = same & (torch.ones(length, length, dtype=torch.bool, device=q.device).tril() if self.causal else True)
+        own_ok = own_ok & keep[:, None, None, :]  # (B, 1, L, L)
+        g = torch.arange(n, device=q.device)
+        land_ok = ((g[None, :] < blk[:, None]) if self.causal else (g[None, :] != blk[:, None]))  # (L, n)
+        land_ok = land_ok & (real.sum(-1) > 0)[:, None, None, :]  # (B, 1, L, n): blocks with a real token
+        # retrieval: the top k allowed blocks by landmark score, per query and head
+        kk = min(self._k_eff(n), n)
+        top = land.masked_fill(~land_ok, float("-inf")).topk(kk, dim=-1)
+        retrieved = torch.zeros_like(land, dtype=torch.bool).scatter(-1, top.indices, top.values > float("-inf"))
+        w = masked_softmax(torch.cat([land, s], dim=-1), torch.cat([retrieved, own_ok.expand_as(s)], dim=-1))
+        w_land, w_own = w[..., :n], w[..., n:]  # (B, H, L, n), (B, H, L, L)
+        # p_g(j) for j in block g: the softmax of s over the real tokens of g, for every query
+        p = torch.zeros_like(s)
+        for i in range(n):
+            p[..., member[i]] = masked_softmax(s[..., member[i]], keep[:, None, None, member[i]])
+        return (w_own + (w_land @ member.to(q.dtype)) * p) @ v
 
     def core_flops(self, batch: int, len_q: int, len_k: int) -> int:
         d = self.head_dim
         ell = min(self.block_size, len_q)
-        n = -(-len_q // ell)
+        n = ceil_div(len_q, ell)
         kk = self._k_eff(n)
         read = n * ell if n * ell <= DENSE_MAX_KEYS else kk * ell  # keys scored and read per query
         per_query = 2 * n * d + 4 * read * d + 4 * ell * d  # landmark scores, retrieved blocks, own block

@@ -14,6 +14,7 @@ positions are zeroed before each convolution, which is what a shorter sequence's
 
 Cost: O(L·dim²) for the three projections plus O(L·dim·(5+7)) for the depthwise convolutions —
 linear in L; the GELU and the gate product are elementwise and not counted.
+Reference (`reference_forward`): each convolution as its sum over taps of shifted inputs.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cab import AttentionLayer, Pattern, register_attention
+from cab.ops import keep_mask
 
 _NO_CROSS = "attention-free convolutional gate over one sequence: it has no keys/values to take from a source"
 
@@ -56,16 +58,41 @@ class LargeKernelAttention(AttentionLayer):
 
     def forward(self, x, context=None, key_padding_mask=None):
         self.check_inputs(x, context)
-        keep = None if key_padding_mask is None else (~key_padding_mask)[:, None, :].to(x.dtype)  # (B, 1, L)
         u = F.gelu(self.proj_1(x)).transpose(1, 2)  # (B, dim, L)
-        if keep is not None:
+        if key_padding_mask is not None:  # padded positions are zero before each convolution
+            # a product by the keep mask: on CPU several times faster than a masked fill in the (B, dim, L) layout
+            keep = keep_mask(key_padding_mask, x.shape[0], x.shape[1]).to(x.dtype)[:, None, :]  # (B, 1, L)
             u = u * keep
         a = self.conv0(self._pad(u, self.kernel_size - 1))  # (B, dim, L)
-        if keep is not None:
+        if key_padding_mask is not None:
             a = a * keep
         a = self.conv_spatial(self._pad(a, (self.dilated_kernel_size - 1) * self.dilation))  # (B, dim, L)
         a = self.conv1(a)  # (B, dim, L)
         return self.proj_2((u * a).transpose(1, 2))  # (B, L, dim)
+
+    def reference_forward(self, x, context=None, key_padding_mask=None):
+        """a_i = b + Σ_t w_t u_{i + t·dilation - left} per channel (zero outside the sequence), for both
+        depthwise convolutions; left = all of the reach when causal, half of it otherwise."""
+        self.check_inputs(x, context)
+        keep = keep_mask(key_padding_mask, x.shape[0], x.shape[1], x.device).to(x.dtype)[..., None]  # (B, L, 1)
+
+        def depthwise(t, conv, dilation):  # t: (B, L, dim)
+            taps, length = conv.weight.shape[-1], t.shape[1]
+            reach = (taps - 1) * dilation
+            left = reach if self.causal else reach // 2
+            out = conv.bias.expand_as(t).clone()
+            for tap in range(taps):
+                shift = tap * dilation - left  # out_i reads t_{i + shift}
+                lo, hi = max(0, -shift), min(length, length - shift)
+                if lo < hi:
+                    out[:, lo:hi] += conv.weight[:, 0, tap] * t[:, lo + shift : hi + shift]
+            return out
+
+        u = F.gelu(self.proj_1(x)) * keep  # (B, L, dim)
+        a = depthwise(u, self.conv0, 1) * keep
+        a = depthwise(a, self.conv_spatial, self.dilation)
+        a = a @ self.conv1.weight[:, :, 0].T + self.conv1.bias  # pointwise
+        return self.proj_2(u * a)
 
     def flops(self, batch: int, len_q: int, len_k: int) -> int:
         # proj_1, the pointwise conv and proj_2: 2·dim² per token each; depthwise convs: 2·dim·k each

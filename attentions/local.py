@@ -2,24 +2,25 @@
 as in Image Transformer, Parmar et al. 2018, and Longformer's sliding window, Beltagy et al. 2020).
 
 Query i attends, with an exact softmax, to the keys j with |i - j| <= window (noncausal self) or
-i - window <= j <= i (causal self):
+i - window <= j <= i (causal self): CAB's symmetric window, one call of `cab.ops.window_attention`
+with before = window, after = window (causal: 0), exact band:
 
     split the queries into blocks of C                        (B, H, n, C, Dh)
-    each block reads one span of C + 2·window keys (causal: C + window), an unfold of the padded
-    keys (a view)                                             (B, H, n, Dh, span)
+    each block reads one span of C + 2·window keys (causal: C + window), a view of the padded keys
     S = Q_blk K_spanᵀ / √Dh, keep offsets inside the window   (B, H, n, C, span)
     O_blk = softmax(S) V_span                                 (B, H, n, C, Dh)
 
 Memory and time O(L·(C + 2·window)·Dh); no L×L tensor. CAB's default window (wsize) is 15.
+(`sliding_window` is Zoology's band, the same op with its own block and extents.)
 Cross patterns are unsupported: a window needs aligned query and key positions.
 FLOPs per head: n·(2·C·span·Dh + 2·C·span·Dh), n = ⌈L/C⌉ (the whole span is computed).
+Reference: dense softmax attention with the band as its mask (`window_allowed`).
 """
 
 from __future__ import annotations
 
 from cab import MultiHeadAttention, Pattern, register_attention
-
-from ._part1_common import window_attention, window_attention_flops
+from cab.ops import softmax_attention, window_allowed, window_attention, window_attention_flops
 
 _NO_CROSS = "a sliding window needs aligned query and key positions; cross attention has none"
 
@@ -38,16 +39,19 @@ class LocalAttention(MultiHeadAttention):
 
     @property
     def _after(self) -> int:
-        return 0 if self.causal else self.window
+        return 0 if self.causal else self.window  # causal: the band ends at the query itself
 
     def attend(self, q, k, v, key_padding_mask):
-        valid = None if key_padding_mask is None else ~key_padding_mask  # (B, L)
-        out, _ = window_attention(q, k, v, self.window, self._after, key_valid=valid, need_lse=False)
-        return out  # (B, H, L, Dh)
+        # q, k, v: (B, H, L, Dh) -> (B, H, L, Dh)
+        return window_attention(q, k, v, self.window, self._after, key_padding_mask=key_padding_mask)
+
+    def reference_attend(self, q, k, v, key_padding_mask):
+        allowed = window_allowed(q.shape[-2], self.window, self._after, key_padding_mask=key_padding_mask)
+        return softmax_attention(q, k, v, allowed)
 
     def core_flops(self, batch: int, len_q: int, len_k: int) -> int:
         d = self.head_dim
-        return batch * self.num_heads * window_attention_flops(len_q, d, d, self.window, self._after)
+        return window_attention_flops(batch, self.num_heads, len_q, d, d, self.window, self._after)
 
     def state_size(self, seq_len: int) -> int | None:
         # causal: the last `window`+1 keys and values; noncausal windows look ahead, so no recurrence

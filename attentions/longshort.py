@@ -14,8 +14,10 @@ dynamic projection of the sequence; DualLN normalises the two key/value sets sep
         end at or before i (no look-ahead)                           (B, H, L/l·rank, Dh)
     O_i = softmax([q_i K̄ᵀ, q_i K_windowᵀ]/√Dh) [V̄; V_window]
 
-Both parts are computed separately with their log-sum-exps and merged, so no L×L tensor exists
+Both parts are computed separately with their log-sum-exps and merged (`masked_softmax_lse` for the
+long part, `window_attention` for the short part, `merge_softmax_parts`), so no L×L tensor exists
 (causal long-term scores are L × L/l·rank: quadratic with a 1/l constant, as in the paper).
+Reference: the one masked softmax over the L×(R+L) scores, written out (`reference_forward`).
 CAB defaults: noncausal window 15 with 16 landmarks (AttentionLS); causal window 256, chunk 32,
 rank 1 (CausalLS); `window_size=None` picks the pattern's default. The relative position terms of
 CausalLS are left to the backbone. Cross patterns are unsupported (the window needs aligned
@@ -27,12 +29,20 @@ over the padded length), long-term 2·2·L·R·Dh (R compressed rows), the windo
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from cab import MultiHeadAttention, Pattern, register_attention
-
-from ._part1_common import masked_softmax, masked_softmax_lse, merge_softmax_parts, window_attention, window_attention_flops
+from cab.ops import (
+    ceil_div,
+    keep_mask,
+    masked_softmax,
+    masked_softmax_lse,
+    merge_softmax_parts,
+    pad_to_multiple,
+    softmax_attention,
+    window_attention,
+    window_attention_flops,
+)
 
 _NO_CROSS = "the short-term window needs aligned positions and the dynamic projection is of one sequence"
 
@@ -68,75 +78,73 @@ class LongShortAttention(MultiHeadAttention):
     def memories(self, x: torch.Tensor, key_padding_mask: torch.Tensor | None):
         """q (scaled), K, V (B, H, L, Dh); K̄, V̄ (B, H, R, Dh); the long-term mask (L, R) or None."""
         b, length, _ = x.shape
-        q = self.split_heads(self.q_proj(x)) * self.head_dim**-0.5
+        h, d, r = self.num_heads, self.head_dim, self.rank
+        q = self.split_heads(self.q_proj(x)) * d**-0.5
         k = self.split_heads(self.ln_short(self.k_proj(x)))
         v = self.split_heads(self.ln_short(self.v_proj(x)))
-        logits = self.dproj(x).view(b, length, self.num_heads, self.rank).permute(0, 2, 3, 1)  # (B, H, r, L)
-        valid = torch.ones(b, length, dtype=torch.bool, device=x.device) if key_padding_mask is None else ~key_padding_mask
+        logits = self.dproj(x).view(b, length, h, r).permute(0, 2, 3, 1)  # (B, H, r, L)
+        keep = keep_mask(key_padding_mask, b, length, x.device)  # (B, L)
         if not self.causal:
-            p = masked_softmax(logits, valid[:, None, None, :])  # over positions
+            p = masked_softmax(logits, keep[:, None, None, :])  # P: a softmax over the real positions
             k_bar, v_bar, long_mask = p @ k, p @ v, None  # (B, H, r, Dh)
         else:
             c = self.chunk_size
-            pad = (-length) % c
-            n = (length + pad) // c
-            logits = F.pad(logits, (0, pad)).view(b, self.num_heads, self.rank, n, c)
-            vmask = F.pad(valid, (0, pad), value=False).view(b, 1, 1, n, c)
-            p = masked_softmax(logits, vmask)  # softmax inside each chunk
-            kc = F.pad(k, (0, 0, 0, pad)).view(b, self.num_heads, n, c, self.head_dim)
-            vc = F.pad(v, (0, 0, 0, pad)).view(b, self.num_heads, n, c, self.head_dim)
-            k_bar = torch.einsum("bhrnc,bhncd->bhnrd", p, kc).reshape(b, self.num_heads, n * self.rank, self.head_dim)
-            v_bar = torch.einsum("bhrnc,bhncd->bhnrd", p, vc).reshape(b, self.num_heads, n * self.rank, self.head_dim)
+            n = ceil_div(length, c)
+            logits = pad_to_multiple(logits, c, dim=-1).view(b, h, r, n, c)
+            p = masked_softmax(logits, pad_to_multiple(keep, c, dim=-1, value=False).view(b, 1, 1, n, c))  # per chunk
+            kc, vc = (pad_to_multiple(t, c).view(b, h, n, c, d) for t in (k, v))
+            k_bar = torch.einsum("bhrnc,bhncd->bhnrd", p, kc).reshape(b, h, n * r, d)  # (B, H, n·r, Dh)
+            v_bar = torch.einsum("bhrnc,bhncd->bhnrd", p, vc).reshape(b, h, n * r, d)
             chunk_end = (torch.arange(n, device=x.device) + 1) * c - 1
             seen = chunk_end[None, :] <= torch.arange(length, device=x.device)[:, None]  # (L, n): ended by i
-            long_mask = seen.repeat_interleave(self.rank, dim=1)  # (L, n·rank)
-        return q, k, v, self._ln_heads(self.ln_long, k_bar), self._ln_heads(self.ln_long, v_bar), long_mask, valid
+            long_mask = seen.repeat_interleave(r, dim=1)  # (L, n·r)
+        return q, k, v, self._ln_heads(self.ln_long, k_bar), self._ln_heads(self.ln_long, v_bar), long_mask
 
     def forward(self, x, context=None, key_padding_mask=None):
         self.check_inputs(x, context)
-        q, k, v, k_bar, v_bar, long_mask, valid = self.memories(x, key_padding_mask)
-        long_scores = q @ k_bar.transpose(-1, -2)  # (B, H, L, R)
-        allowed = torch.ones_like(long_scores, dtype=torch.bool) if long_mask is None else long_mask.expand_as(long_scores)
-        p_long, lse_long = masked_softmax_lse(long_scores, allowed)
+        q, k, v, k_bar, v_bar, long_mask = self.memories(x, key_padding_mask)
+        # the two parts over disjoint keys, each with its log-sum-exp, merged into one softmax over the union
+        p_long, lse_long = masked_softmax_lse(q @ k_bar.transpose(-1, -2), long_mask)  # (B, H, L, R)
         before, after = self._window_extent()
         out_short, lse_short = window_attention(
             q, k, v, before, after, block=None if self.causal else self.window_size, exact=self.causal,
-            key_valid=valid, scale=1.0,
-        )
+            key_padding_mask=key_padding_mask, scale=1.0, return_lse=True,
+        )  # (B, H, L, Dh)
         out = merge_softmax_parts([(p_long @ v_bar, lse_long), (out_short, lse_short)])  # (B, H, L, Dh)
         return self.out_proj(self.merge_heads(out))
 
-    def dense_reference(self, x, key_padding_mask=None):
-        """The same attention with the full L×(R+L) score matrix (tests only)."""
-        q, k, v, k_bar, v_bar, long_mask, valid = self.memories(x, key_padding_mask)
-        length = x.shape[1]
+    def reference_forward(self, x, context=None, key_padding_mask=None):
+        """The same attention as one masked softmax over the L×(R+L) scores [q K̄ᵀ, q Kᵀ]."""
+        self.check_inputs(x, context)
+        q, k, v, k_bar, v_bar, long_mask = self.memories(x, key_padding_mask)
+        b, length = x.shape[:2]
         i = torch.arange(length, device=x.device)
-        if self.causal:
+        if self.causal:  # the last w keys, j in (i - w, i]
             short = (i[None, :] <= i[:, None]) & (i[None, :] > i[:, None] - self.window_size)
-        else:
+        else:  # segments of w, each reading itself and w/2 keys on either side
             w, ext = self.window_size, max(self.window_size // 2, 1)
             seg = i // w
             short = (i[None, :] >= seg[:, None] * w - ext) & (i[None, :] < seg[:, None] * w + w + ext)
-        short = short[None, None] & valid[:, None, None, :]
-        lm = torch.ones(length, k_bar.shape[2], dtype=torch.bool, device=x.device) if long_mask is None else long_mask
-        scores = torch.cat([q @ k_bar.transpose(-1, -2), q @ k.transpose(-1, -2)], dim=-1)
-        allowed = torch.cat([lm[None, None].expand(*short.shape[:2], -1, -1), short], dim=-1)
-        out = masked_softmax(scores, allowed) @ torch.cat([v_bar, v], dim=2)
+        short = short & keep_mask(key_padding_mask, b, length, x.device)[:, None, None, :]  # (B, 1, L, L)
+        long = torch.ones(length, k_bar.shape[2], dtype=torch.bool, device=x.device) if long_mask is None else long_mask
+        allowed = torch.cat([long.expand(b, 1, -1, -1), short], dim=-1)  # (B, 1, L, R + L)
+        out = softmax_attention(q, torch.cat([k_bar, k], dim=2), torch.cat([v_bar, v], dim=2), allowed, scale=1.0)
         return self.out_proj(self.merge_heads(out))
 
     def core_flops(self, batch: int, len_q: int, len_k: int) -> int:
         length, d, h = len_q, self.head_dim, self.num_heads
         dproj = 2 * length * self.dim * h * self.rank
         if self.causal:
-            n = -(-length // self.chunk_size)
+            n = ceil_div(length, self.chunk_size)
             rows = n * self.rank
-            compress = 2 * 2 * self.rank * n * self.chunk_size * d
+            compress = 2 * 2 * self.rank * n * self.chunk_size * d  # over the padded length
         else:
             rows = self.rank
             compress = 2 * 2 * self.rank * length * d
+        long = 2 * 2 * length * rows * d  # q K̄ᵀ and P V̄
         before, after = self._window_extent()
-        window = window_attention_flops(length, d, d, before, after, None if self.causal else self.window_size)
-        return batch * (dproj + h * (compress + 2 * 2 * length * rows * d + window))
+        short = window_attention_flops(batch, h, length, d, d, before, after, None if self.causal else self.window_size)
+        return batch * (dproj + h * (compress + long)) + short
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", window_size={self.window_size}, rank={self.rank}"

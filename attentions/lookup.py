@@ -12,21 +12,22 @@ A fixed number M of compressed tokens is pooled from the full ("lookup") tokens.
     Z'  = Z + MHSA(Z)
     out = softmax_m(K_x Q_cᵀ/√Dh) (W_v' Z')            K_x = W_k x: for self exactly Sᵀ
 
-Port: the compressed tokens come from 1-D average pooling of the real tokens into M segments
-(LookupViT resizes the 2-D map to e.g. 7×7; default M = 49); the layer norms and FFNs of the
+Port: the compressed tokens come from 1-D average pooling of the real tokens into M segments, the
+binning rule of `cab.ops.pooling` (LookupViT resizes the 2-D map to e.g. 7×7; default M = 49; fewer
+real tokens than M repeat, as resizing up does); the layer norms and FFNs of the
 paper's blocks are left to the backbone. Cross: the compressed tokens are pooled from the source
 and the target tokens read back with W_k x as their affinity side; each target token reads the
 same compressed tokens independently, so causal cross holds. Cost O((Lq + Lk)·M·dim + M²·dim).
+Reference (`reference_forward`): the three steps dense, the pooling by loops, and the read-back scores
+recomputed as K_x Q_cᵀ also for self (the fast form reuses the gather scores transposed).
 """
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 from cab import MultiHeadAttention, Pattern, register_attention
-
-from ._part3_common import keep_mask, masked_attend, segment_mean
+from cab.ops import keep_mask, masked_softmax, segment_means, segment_means_reference, softmax_attention
 
 
 @register_attention(
@@ -46,25 +47,26 @@ class LookupAttention(MultiHeadAttention):
         self.c_v = nn.Linear(dim, dim)  # values the full tokens read back (W_v')
 
     def compress(self, source, keep):
-        """source: (B, Lk, dim) -> compressed tokens (B, M, dim), valid (B, M)."""
-        return segment_mean(source, keep, self.num_compressed)
+        """source: (B, Lk, dim) -> compressed tokens (B, M, dim), valid (B, M) (False only without real tokens)."""
+        return segment_means(source, keep, self.num_compressed)
 
     def forward(self, x, context=None, key_padding_mask=None):
         source = self.check_inputs(x, context)
         b, lk, _ = source.shape
         keep = keep_mask(key_padding_mask, b, lk, source.device)  # (B, Lk)
+        real_keys = None if key_padding_mask is None else keep[:, None, None, :]  # (B, 1, 1, Lk)
         scale = self.head_dim**-0.5
         z, valid = self.compress(source, keep)  # (B, M, dim), (B, M)
+        compressed = None if key_padding_mask is None else valid[:, None, None, :]  # all True unless no real token
         qc = self.split_heads(self.q_proj(z))  # (B, H, M, Dh)
         k = self.split_heads(self.k_proj(source))  # (B, H, Lk, Dh)
         v = self.split_heads(self.v_proj(source))  # (B, H, Lk, Dh)
-        s = (qc @ k.transpose(-1, -2)) * scale  # (B, H, M, Lk)
-        gathered = masked_attend(s, keep[:, None, None, :], v)  # (B, H, M, Dh)
+        s = (qc @ k.transpose(-1, -2)) * scale  # gather scores (B, H, M, Lk)
+        gathered = masked_softmax(s, real_keys) @ v  # (B, H, M, Dh)
 
         zc = self.merge_heads(gathered)  # (B, M, dim)
         q2, k2, v2 = (self.split_heads(t) for t in self.c_qkv(zc).chunk(3, dim=-1))  # (B, H, M, Dh)
-        mixed = masked_attend((q2 @ k2.transpose(-1, -2)) * scale, valid[:, None, None, :], v2)  # (B, H, M, Dh)
-        zc = zc + self.c_out(self.merge_heads(mixed))  # (B, M, dim)
+        zc = zc + self.c_out(self.merge_heads(softmax_attention(q2, k2, v2, compressed)))  # (B, M, dim)
         vz = self.split_heads(self.c_v(zc))  # (B, H, M, Dh)
 
         if self.pattern.is_cross:
@@ -72,8 +74,25 @@ class LookupAttention(MultiHeadAttention):
             back = (kx @ qc.transpose(-1, -2)) * scale  # (B, H, Lq, M)
         else:
             back = s.transpose(-1, -2)  # (B, H, L, M): the gather affinities, reused
-        out = masked_attend(back, valid[:, None, None, :], vz)  # (B, H, Lq, Dh)
+        out = masked_softmax(back, compressed) @ vz  # (B, H, Lq, Dh)
         return self.out_proj(self.merge_heads(out))
+
+    def reference_forward(self, x, context=None, key_padding_mask=None):
+        """Gather, compress, propagate written out densely, compressed tokens pooled by loops."""
+        source = self.check_inputs(x, context)
+        b, lk, _ = source.shape
+        keep = keep_mask(key_padding_mask, b, lk, source.device)
+        scale = self.head_dim**-0.5
+        z, valid = segment_means_reference(source, keep, self.num_compressed)  # (B, M, dim), (B, M)
+        qc = self.split_heads(self.q_proj(z))
+        k, v = self.split_heads(self.k_proj(source)), self.split_heads(self.v_proj(source))
+        zc = self.merge_heads(masked_softmax(qc @ k.transpose(-1, -2) * scale, keep[:, None, None, :]) @ v)  # Z
+        q2, k2, v2 = (self.split_heads(t) for t in self.c_qkv(zc).chunk(3, dim=-1))
+        mixed = masked_softmax(q2 @ k2.transpose(-1, -2) * scale, valid[:, None, None, :]) @ v2
+        zc = zc + self.c_out(self.merge_heads(mixed))  # Z' = Z + MHSA(Z)
+        kx = self.split_heads(self.k_proj(x))  # K_x = W_k x (for self: the gather's keys)
+        back = masked_softmax(kx @ qc.transpose(-1, -2) * scale, valid[:, None, None, :])  # (B, H, Lq, M)
+        return self.out_proj(self.merge_heads(back @ self.split_heads(self.c_v(zc))))
 
     def flops(self, batch: int, len_q: int, len_k: int) -> int:
         d, m = self.dim, self.num_compressed

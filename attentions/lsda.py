@@ -12,17 +12,27 @@ linear for any L; CrossFormer alternates SDA and LDA by block, here they are com
 one layer (the first ⌈H/2⌉ heads SDA, the rest LDA). Causal: a causal mask inside every group
 (groups are fixed from position 0, so a prefix sees the same groups).
 
-Cost per head: 4·Lp·G·Dh with Lp = L rounded up to a multiple of I·G. Memory O(L·G) per head.
+Both are `cab.ops.window_attention` with before = after = 0 and block = G (exact=False: a group sees
+itself; causal=True adds the causal mask): SDA on the sequence, LDA on the sequence reordered so that
+each of its groups is G adjacent tokens.
+
+Cost per head: 4·L·G·Dh (SDA) and 4·Lp·G·Dh (LDA), Lp = L rounded up to a multiple of I·G.
+Memory O(L·G) per head. Reference: dense softmax attention with each head's group mask.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from cab import MultiHeadAttention, Pattern, register_attention
-
-from ._part3_common import ceil_div, keep_mask, masked_attend
+from cab.ops import (
+    ceil_div,
+    keep_mask,
+    pad_to_multiple,
+    softmax_attention,
+    window_attention,
+    window_attention_flops,
+)
 
 _NO_CROSS = "groups of adjacent and interval-sampled tokens are defined on one sequence's positions; a cross source has no aligned groups"
 
@@ -47,43 +57,54 @@ class LongShortDistanceAttention(MultiHeadAttention):
         span = self.group_size * self.interval
         return ceil_div(length, span) * span
 
-    def _group_attend(self, q, k, v, keep):
-        # q, k, v: (B, h, n, G, Dh); keep: (B, n, G) -> (B, h, n, G, Dh)
-        allowed = keep[:, None, :, None, :]  # (B, 1, n, 1, G)
-        if self.causal:  # inside a group, slot order is position order
-            g = self.group_size
-            allowed = allowed & torch.ones(g, g, dtype=torch.bool, device=q.device).tril()
-        scores = (q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5  # (B, h, n, G, G)
-        return masked_attend(scores, allowed, v)
+    def _groups(self, q, k, v, key_valid):
+        """Softmax attention inside consecutive groups of G tokens (causal: a causal mask inside each group).
+        q, k, v: (B, h, L, Dh), key_valid (B, L) or None -> (B, h, L, Dh)."""
+        return window_attention(q, k, v, 0, 0, block=self.group_size, exact=False, causal=self.causal,
+                                key_valid=key_valid)
 
     def attend(self, q, k, v, key_padding_mask):
-        b_, h_, length, d = q.shape  # (B, H, L, Dh)
-        g, i_ = self.group_size, self.interval
-        lp = self._padded_length(length)
-        keep = F.pad(keep_mask(key_padding_mask, b_, length, q.device), (0, lp - length), value=False)  # (B, Lp)
-        q, k, v = (F.pad(t, (0, 0, 0, lp - length)) for t in (q, k, v))  # (B, H, Lp, Dh)
-        hs = self.short_heads
-        outs = []
+        b, h, length, d = q.shape  # (B, H, L, Dh)
+        g, i_, hs, hl = self.group_size, self.interval, self.short_heads, self.num_heads - self.short_heads
+        keep = keep_mask(key_padding_mask, b, length, q.device)  # (B, L)
         # SDA: groups of G adjacent tokens
-        sq, sk, sv = (t[:, :hs].reshape(b_, hs, lp // g, g, d) for t in (q, k, v))
-        outs.append(self._group_attend(sq, sk, sv, keep.view(b_, lp // g, g)).reshape(b_, hs, lp, d))
-        hl = h_ - hs
-        if hl:
-            # LDA: windows of I·G tokens; group r of a window = its tokens at offsets r, r+I, r+2I, ...
-            nw = lp // (g * i_)
+        sda = self._groups(q[:, :hs], k[:, :hs], v[:, :hs], None if key_padding_mask is None else keep)
+        if not hl:
+            return sda
+        # LDA: windows of I·G tokens (Lp = L rounded up to whole windows); group r of a window = its tokens at
+        # offsets r, r+I, r+2I, ...: reordered so that every group is G adjacent tokens, it is SDA again
+        lp = self._padded_length(length)
+        nw = lp // (g * i_)
 
-            def to_groups(t):  # (B, hl, Lp, Dh) -> (B, hl, nw·I, G, Dh)
-                return t.reshape(b_, hl, nw, g, i_, d).transpose(3, 4).reshape(b_, hl, nw * i_, g, d)
+        def to_groups(t):  # (B, X, L, Y) -> (B, X, Lp, Y) in group order (zero/False padded); slots keep position order
+            t = pad_to_multiple(t, g * i_, dim=2)
+            return t.reshape(*t.shape[:2], nw, g, i_, -1).transpose(3, 4).reshape(t.shape)
 
-            lq, lk, lv = (to_groups(t[:, hs:]) for t in (q, k, v))
-            lkeep = keep.view(b_, nw, g, i_).transpose(2, 3).reshape(b_, nw * i_, g)
-            lo = self._group_attend(lq, lk, lv, lkeep)  # (B, hl, nw·I, G, Dh)
-            outs.append(lo.reshape(b_, hl, nw, i_, g, d).transpose(3, 4).reshape(b_, hl, lp, d))
-        return torch.cat(outs, dim=1)[:, :, :length]
+        lq, lk, lv = (to_groups(t[:, hs:]) for t in (q, k, v))  # (B, hl, Lp, Dh)
+        lda = self._groups(lq, lk, lv, to_groups(keep[:, None, :, None])[:, 0, :, 0])  # (B, hl, Lp, Dh), group order
+        lda = lda.reshape(b, hl, nw, i_, g, d).transpose(3, 4).reshape(b, hl, lp, d)[:, :, :length]
+        return torch.cat([sda, lda], dim=1)
+
+    def reference_attend(self, q, k, v, key_padding_mask):
+        """Dense softmax attention with each head's group mask (L×L)."""
+        b, h, length, d = q.shape
+        g, i_ = self.group_size, self.interval
+        i = torch.arange(length, device=q.device)[:, None]
+        j = torch.arange(length, device=q.device)[None, :]
+        short = (i // g) == (j // g)  # the same group of G adjacent tokens
+        long = ((i // (g * i_)) == (j // (g * i_))) & ((i % i_) == (j % i_))  # same window, same offset mod I
+        allowed = torch.stack([short] * self.short_heads + [long] * (h - self.short_heads))[None]  # (1, H, L, L)
+        if self.causal:
+            allowed = allowed & (j <= i)
+        allowed = allowed & keep_mask(key_padding_mask, b, length, q.device)[:, None, None, :]
+        return softmax_attention(q, k, v, allowed)
 
     def core_flops(self, batch: int, len_q: int, len_k: int) -> int:
-        # every head, SDA or LDA: Lp/G groups × (QKᵀ 2·G²·Dh + ·V 2·G²·Dh) = 4·Lp·G·Dh
-        return 4 * batch * self._padded_length(len_q) * self.group_size * self.dim
+        # G×G scores and ·V per group: SDA over the L tokens, LDA over the Lp of whole windows
+        d, g, hs = self.head_dim, self.group_size, self.short_heads
+        sda = window_attention_flops(batch, hs, len_q, d, d, 0, 0, g)
+        lda = window_attention_flops(batch, self.num_heads - hs, self._padded_length(len_q), d, d, 0, 0, g)
+        return sda + (lda if self.num_heads > hs else 0)
 
     def state_size(self, seq_len: int) -> int | None:
         # causal streaming form: the current SDA group (G tokens) and the current LDA window's

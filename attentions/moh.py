@@ -16,6 +16,7 @@ inactive ones are multiplied by 0, so the FLOPs are dense softmax attention's pl
 saving is nominal on a CPU. The load-balancing loss of the paper (mean gate × fraction routed ×
 (H - h_s)²) is stored in `self.aux_loss` in training mode. Defaults follow the paper's 75%-active
 configurations: h_s = H/4 shared (at least 1), k such that about 3/4 of the heads are active.
+Reference: the heads by the dense masked form (`cab.ops.softmax_attention`), times the same gates.
 """
 
 from __future__ import annotations
@@ -25,8 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cab import MultiHeadAttention, Pattern, register_attention
-
-from ._part2_common import sdpa_mask
+from cab.ops import allowed_mask, sdpa_mask, softmax_attention
 
 
 @register_attention("moh", patterns=set(Pattern))
@@ -64,10 +64,10 @@ class MixtureOfHeadAttention(MultiHeadAttention):
         w = F.softmax(self.balance(x), dim=-1) * 2  # (B, Lq, 2)
         return torch.cat([w[..., :1] * shared, w[..., 1:] * routed], dim=-1)
 
-    def forward(self, x, context=None, key_padding_mask=None):
-        self._x = x  # the router reads the query-side input
+    def project_and_attend(self, core, x, context, key_padding_mask):
+        self._x = x  # the router reads the query-side input (for `attend` and `reference_attend` alike)
         try:
-            return super().forward(x, context, key_padding_mask)
+            return super().project_and_attend(core, x, context, key_padding_mask)
         finally:
             self._x = None
 
@@ -77,6 +77,10 @@ class MixtureOfHeadAttention(MultiHeadAttention):
         heads = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal)  # (B, H, Lq, Dh)
         gates = self.head_gates(self._x)  # (B, Lq, H)
         return heads * gates.transpose(1, 2)[..., None]
+
+    def reference_attend(self, q, k, v, key_padding_mask):
+        allowed = allowed_mask(key_padding_mask, q.shape[-2], k.shape[-2], self.causal)
+        return softmax_attention(q, k, v, allowed) * self.head_gates(self._x).transpose(1, 2)[..., None]
 
     def core_flops(self, batch: int, len_q: int, len_k: int) -> int:
         attention = 4 * batch * len_q * len_k * self.dim  # every head, as the reference computes them

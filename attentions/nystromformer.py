@@ -12,11 +12,12 @@ softmax(QKᵀ/√Dh) is approximated from c landmark queries and keys (segment m
     O = (F̃ Z)(B̃ V)                                           (B, H, L, Dh)
     (+ an optional depthwise convolution of V along the length, `conv_kernel_size`)
 
-Segments split the real (unpadded) length n into c nearly equal runs, so appended padding moves
-nothing; with c >= n each landmark is one position and O = softmax(QKᵀ)V up to the pseudo-inverse's
-convergence. No L×L tensor. Self only: landmarks pool queries and keys over the whole sequence,
-so every output depends on the future (causal self), and cross would need landmarks from two
-sequences (not in the paper or CAB). CAB's defaults: 16 landmarks, no convolution; 6 iterations.
+Segments: the binning rule of `cab.ops.pooling` over the real (unpadded) tokens, so padding never
+moves a landmark; with c >= n each landmark is one token and O = softmax(QKᵀ)V up to the
+pseudo-inverse's convergence. No L×L tensor. Self only: landmarks pool queries and keys over the
+whole sequence, so every output depends on the future (causal self), and cross would need landmarks
+from two sequences (not in the paper or CAB). CAB's defaults: 16 landmarks, no convolution; 6 iterations.
+Reference (`reference_attend`): the L×L matrix F̃ Z B̃ written out, landmarks pooled by loops.
 FLOPs per head: landmarks 2·2·c·L·Dh; F̃ 2·L·c·Dh; Ã 2·c²·Dh; B̃ 2·c·L·Dh; pinv 8·c³ per
 iteration; F̃Z 2·L·c²; B̃V 2·c·L·Dh; (F̃Z)(B̃V) 2·L·c·Dh; conv 2·L·Dh·k.
 """
@@ -27,8 +28,7 @@ import torch
 from torch import nn
 
 from cab import MultiHeadAttention, Pattern, register_attention
-
-from ._part1_common import masked_softmax, segment_weights
+from cab.ops import allowed_mask, keep_mask, masked_softmax, segment_means_reference, segment_weights, zero_padding
 
 _WHY = {
     Pattern.CAUSAL_SELF: "segment-mean landmarks pool the whole sequence, future positions included",
@@ -64,21 +64,40 @@ class NystromAttention(MultiHeadAttention):
 
     def attend(self, q, k, v, key_padding_mask):
         b, h, length, d = q.shape
-        c = self.num_landmarks
-        scale = d**-0.25
-        q, k = q * scale, k * scale
-        seg = segment_weights(length, c, key_padding_mask, b, q.device, q.dtype)[:, None]  # (B, 1, c, L)
-        q_land = seg @ q  # (B, H, c, Dh)
-        k_land = seg @ k  # (B, H, c, Dh)
-        f = torch.softmax(q @ k_land.transpose(-1, -2), dim=-1)  # (B, H, L, c)
-        a = torch.softmax(q_land @ k_land.transpose(-1, -2), dim=-1)  # (B, H, c, c)
-        allowed = None if key_padding_mask is None else ~key_padding_mask[:, None, None, :]
-        bt = masked_softmax(q_land @ k.transpose(-1, -2), allowed)  # (B, H, c, L)
-        z = iterative_pinv(a, self.pinv_iterations)  # (B, H, c, c)
-        out = (f @ z) @ (bt @ v)  # (B, H, L, Dh)
+        q, k = q * d**-0.25, k * d**-0.25  # the 1/√Dh of every score, split between the two sides
+        keep = keep_mask(key_padding_mask, b, length, q.device)  # (B, L)
+        pool = segment_weights(keep, self.num_landmarks, q.dtype)[:, None]  # (B, 1, c, L)
+        q_land, k_land = pool @ q, pool @ k  # (B, H, c, Dh)
+        f = torch.softmax(q @ k_land.transpose(-1, -2), dim=-1)  # F̃ (B, H, L, c)
+        a = torch.softmax(q_land @ k_land.transpose(-1, -2), dim=-1)  # Ã (B, H, c, c)
+        allowed = allowed_mask(key_padding_mask, self.num_landmarks, length)  # (B, 1, 1, L) real keys, or None
+        bt = masked_softmax(q_land @ k.transpose(-1, -2), allowed)  # B̃ (B, H, c, L)
+        z = iterative_pinv(a, self.pinv_iterations)  # Z ≈ Ã⁺ (B, H, c, c)
+        out = (f @ z) @ (bt @ v)  # (B, H, L, Dh), never L×L
         if self.conv is not None:
-            vz = v if key_padding_mask is None else v.masked_fill(key_padding_mask[:, None, :, None], 0.0)
-            out = out + self.conv(vz)
+            out = out + self.conv(zero_padding(v, key_padding_mask))
+        return out
+
+    def reference_attend(self, q, k, v, key_padding_mask):
+        """O = (F̃ Z B̃) V with the L×L approximate attention matrix formed; landmarks by the pooling loops."""
+        b, h, length, d = q.shape
+        keep = keep_mask(key_padding_mask, b, length, q.device)
+        q_land, _ = segment_means_reference(q, keep, self.num_landmarks)  # (B, H, c, Dh)
+        k_land, _ = segment_means_reference(k, keep, self.num_landmarks)
+        scale = d**-0.5
+        f = torch.softmax(q @ k_land.transpose(-1, -2) * scale, dim=-1)
+        a = torch.softmax(q_land @ k_land.transpose(-1, -2) * scale, dim=-1)
+        bt = masked_softmax(q_land @ k.transpose(-1, -2) * scale, keep[:, None, None, :])
+        attention = f @ iterative_pinv(a, self.pinv_iterations) @ bt  # (B, H, L, L)
+        out = attention @ v
+        if self.conv is not None:  # depthwise along the length: Σ_t w_t v_{i+t-k//2}, zero outside and at padding
+            vz = v * keep[:, None, :, None].to(v.dtype)
+            half = self.conv_kernel_size // 2
+            w = self.conv.weight[:, 0, :, 0]  # (H, k)
+            for t in range(self.conv_kernel_size):
+                shift = t - half
+                lo, hi = max(0, -shift), min(length, length - shift)
+                out[:, :, lo:hi] += w[:, t, None, None] * vz[:, :, lo + shift : hi + shift]
         return out
 
     def core_flops(self, batch: int, len_q: int, len_k: int) -> int:

@@ -13,7 +13,8 @@ does not. Port: the image feature map read by the latent code becomes the sequen
 Perceiver's feature-to-latent and latent-to-feature cross attentions are this layer's two hops;
 its latent self-attention blocks and FFNs are left to the backbone. Default K = 128 latents.
 
-Cost: O((Lq + Lk)·K·dim) attention + 2·K·dim² for the latent key/value projections.
+Cost: O((Lq + Lk)·K·dim) attention + 2·K·dim² for the latent key/value projections. Both hops run
+through F.scaled_dot_product_attention. Reference (`reference_attend`): the two hops as dense softmaxes.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cab import MultiHeadAttention, Pattern, register_attention
-
+from cab.ops import keep_mask, masked_softmax, sdpa_mask, softmax_attention_flops
 
 @register_attention(
     "perceiver",
@@ -44,7 +45,7 @@ class PerceiverAttention(MultiHeadAttention):
         """Latents read the sequence. k, v: (B, H, Lk, Dh) -> latent keys, values: (B, H, K, Dh)."""
         b = k.shape[0]
         lat = self.latents.unsqueeze(0).expand(b, -1, -1, -1).to(k.dtype)  # (B, H, K, Dh)
-        mask = None if key_padding_mask is None else ~key_padding_mask[:, None, None, :]  # (B, 1, 1, Lk)
+        mask, _ = sdpa_mask(key_padding_mask, False, self.num_latents, k.shape[2])  # (B, 1, 1, Lk) or None
         z = F.scaled_dot_product_attention(lat, k, v, attn_mask=mask)  # (B, H, K, Dh)
         zm = self.merge_heads(z)  # (B, K, dim)
         return self.split_heads(self.latent_k(zm)), self.split_heads(self.latent_v(zm))
@@ -53,9 +54,18 @@ class PerceiverAttention(MultiHeadAttention):
         lk, lv = self.latent_kv(k, v, key_padding_mask)  # (B, H, K, Dh)
         return F.scaled_dot_product_attention(q, lk, lv)  # (B, H, Lq, Dh): each query reads the latents
 
+    def reference_attend(self, q, k, v, key_padding_mask):
+        """Z = softmax(Λ Kᵀ/√Dh) V over the real keys; out = softmax(Q (Z W_k)ᵀ/√Dh) (Z W_v)."""
+        b, _, len_k, d = k.shape
+        keep = keep_mask(key_padding_mask, b, len_k, k.device)
+        z = masked_softmax(self.latents.to(k.dtype) @ k.transpose(-1, -2) * d**-0.5, keep[:, None, None, :]) @ v
+        zm = self.merge_heads(z)  # (B, K, dim)
+        latent_k, latent_v = self.split_heads(self.latent_k(zm)), self.split_heads(self.latent_v(zm))
+        return torch.softmax(q @ latent_k.transpose(-1, -2) * d**-0.5, dim=-1) @ latent_v
+
     def core_flops(self, batch: int, len_q: int, len_k: int) -> int:
-        m = self.num_latents
-        read_in = 4 * m * len_k * self.dim  # ΛKᵀ and ·V over all heads
-        latent_proj = 2 * 2 * m * self.dim * self.dim  # W_k, W_v on the K latents
-        read_out = 4 * len_q * m * self.dim  # Q·(latent keys)ᵀ and ·(latent values)
-        return batch * (read_in + latent_proj + read_out)
+        m, h, d = self.num_latents, self.num_heads, self.head_dim
+        read_in = softmax_attention_flops(batch, h, m, len_k, d, d)  # ΛKᵀ and ·V over all heads
+        latent_proj = batch * 2 * 2 * m * self.dim * self.dim  # W_k, W_v on the K latents
+        read_out = softmax_attention_flops(batch, h, len_q, m, d, d)  # Q·(latent keys)ᵀ and ·(latent values)
+        return read_in + latent_proj + read_out

@@ -12,6 +12,10 @@ ICLR 2020), with shared query-key projections.
         unsort
     O = Σ_r softmax_r(lse_r) o_r                                     (rounds combined by their lse)
 
+In ops: each round is one `window_attention` over the sorted sequence (labels = buckets, self_score,
+return_lse), the rounds are merged by `merge_softmax_parts`. Reference: each round as dense masked
+softmax in sorted order (`window_allowed` with the buckets as labels), merged the same way.
+
 nb = 2·⌈n/(2b)⌉ buckets for n real tokens (the paper's L/b; at least 2). Reformer chunks the sorted
 sequence (own + previous chunk); a sliding window over the sorted order restricted to the own
 bucket is the same idea with a candidate set that depends only on earlier tokens, which is what
@@ -32,8 +36,14 @@ from __future__ import annotations
 import torch
 
 from cab import MultiHeadAttention, Pattern, register_attention
-
-from ._part1_common import window_attention, window_attention_flops
+from cab.ops import (
+    keep_mask,
+    masked_softmax_lse,
+    merge_softmax_parts,
+    window_allowed,
+    window_attention,
+    window_attention_flops,
+)
 
 _NO_CROSS = "shared query-key hashing needs one sequence (one hash space for queries and keys)"
 SELF_SCORE = -5e4
@@ -63,47 +73,69 @@ class ReformerAttention(MultiHeadAttention):
     def _extent(self) -> tuple[int, int]:
         return (2 * self.bucket_size, 0) if self.causal else (self.bucket_size, self.bucket_size)
 
-    def forward(self, x, context=None, key_padding_mask=None):
-        self.check_inputs(x, context)
-        b, length, _ = x.shape
-        qk = self.split_heads(self.q_proj(x))  # (B, H, L, Dh)
-        v = self.split_heads(self.v_proj(x))
-        h, d = self.num_heads, self.head_dim
-        valid = torch.ones(b, length, dtype=torch.bool, device=x.device) if key_padding_mask is None else ~key_padding_mask
-        nb = self._buckets(int(valid.sum(1).max()))
+    def hash_rounds(self, qk: torch.Tensor, keep: torch.Tensor) -> list[torch.Tensor]:
+        """LSH buckets of every round: qk (B, H, L, Dh), keep (B, L) -> [(B, H, L) ints] per round, padding
+        in its own last bucket nb. One random rotation R_r (Dh, nb/2) per round; h(x) = argmax([xR; −xR])."""
+        nb = self._buckets(int(keep.sum(1).max()))
         seed = int(self.hash_seed) if not self.training else int(torch.randint(0, 2**31 - 1, ()))
-        gen = torch.Generator().manual_seed(seed)
-        rot = torch.randn(self.num_hashes, d, nb // 2, generator=gen).to(qk)  # (R, Dh, nb/2)
-        k_hat = qk / qk.norm(dim=-1, keepdim=True).clamp_min(1e-6)
-        pos = torch.arange(length, device=x.device)
-        valid_h = valid[:, None, :].expand(b, h, length)
-        before, after = self._extent()
-        acc = lse_acc = None
-        base = (torch.arange(b * h, device=x.device) * length).view(b, h, 1)  # row offsets of (B·H·L)
-        flat = [t.reshape(b * h * length, -1) for t in (qk, k_hat, v)]
+        rot = torch.randn(self.num_hashes, qk.shape[-1], nb // 2, generator=torch.Generator().manual_seed(seed)).to(qk)
+        buckets = []
         for r in range(self.num_hashes):
             rotated = qk @ rot[r]  # (B, H, L, nb/2)
             hi, lo = rotated.max(dim=-1), rotated.min(dim=-1)  # argmax over [xR; −xR] without the concat
-            bucket = torch.where(hi.values >= -lo.values, hi.indices, lo.indices + nb // 2)  # (B, H, L)
-            bucket = torch.where(valid_h, bucket, torch.full_like(bucket, nb))  # padding: its own last bucket
+            bucket = torch.where(hi.values >= -lo.values, hi.indices, lo.indices + nb // 2)
+            buckets.append(torch.where(keep[:, None, :], bucket, torch.full_like(bucket, nb)))
+        return buckets
+
+    def forward(self, x, context=None, key_padding_mask=None):
+        self.check_inputs(x, context)
+        b, length, _ = x.shape
+        h, d = self.num_heads, self.head_dim
+        qk = self.split_heads(self.q_proj(x))  # (B, H, L, Dh), shared queries and keys
+        v = self.split_heads(self.v_proj(x))
+        k_hat = qk / qk.norm(dim=-1, keepdim=True).clamp_min(1e-6)  # keys are the normalised queries
+        pos = torch.arange(length, device=x.device)
+        before, after = self._extent()
+        base = (torch.arange(b * h, device=x.device) * length).view(b, h, 1)  # row offsets of (B·H·L)
+        flat = [t.reshape(b * h * length, -1) for t in (qk, k_hat, v)]
+        rounds = []
+        for bucket in self.hash_rounds(qk, keep_mask(key_padding_mask, b, length, x.device)):  # (B, H, L)
             order = torch.argsort(bucket * length + pos, dim=-1)  # sort by (bucket, position)
             rows = (order + base).reshape(-1)
             q_s, k_s, v_s = (t.index_select(0, rows).view(b, h, length, -1) for t in flat)
             out_s, lse_s = window_attention(
-                q_s, k_s, v_s, before, after, block=BLOCK, exact=self.causal, labels=torch.gather(bucket, 2, order), self_score=SELF_SCORE,
+                q_s, k_s, v_s, before, after, block=BLOCK, exact=self.causal, labels=torch.gather(bucket, 2, order),
+                self_score=SELF_SCORE, return_lse=True,
             )  # padding is its own bucket, so the labels also mask it
             inverse = torch.empty_like(order).scatter_(2, order, pos.expand(b, h, length))
             back = (inverse + base).reshape(-1)
             out_r = out_s.reshape(b * h * length, d).index_select(0, back).view(b, h, length, d)  # unsort
-            lse_r = torch.gather(lse_s, 2, inverse)
-            if acc is None:
-                acc, lse_acc = out_r, lse_r
-            else:  # running softmax over rounds
-                new = torch.logaddexp(lse_acc, lse_r)
-                new_safe = torch.where(torch.isfinite(new), new, torch.zeros_like(new))
-                acc = acc * torch.exp(lse_acc - new_safe)[..., None] + out_r * torch.exp(lse_r - new_safe)[..., None]
-                lse_acc = new
-        return self.out_proj(self.merge_heads(acc))
+            rounds.append((out_r, torch.gather(lse_s, 2, inverse)))
+        return self.out_proj(self.merge_heads(merge_softmax_parts(rounds)))  # one softmax over the rounds' keys
+
+    def reference_forward(self, x, context=None, key_padding_mask=None):
+        """Each round as dense masked softmax attention in sorted order (the L×L mask of the sorted-order
+        window and the buckets), unsorted, rounds combined by their log-sum-exps."""
+        self.check_inputs(x, context)
+        b, length, _ = x.shape
+        qk = self.split_heads(self.q_proj(x))
+        v = self.split_heads(self.v_proj(x))
+        k_hat = qk / qk.norm(dim=-1, keepdim=True).clamp_min(1e-6)
+        pos = torch.arange(length, device=x.device)
+        before, after = self._extent()
+        rounds = []
+        for bucket in self.hash_rounds(qk, keep_mask(key_padding_mask, b, length, x.device)):
+            order = torch.argsort(bucket * length + pos, dim=-1)  # (B, H, L)
+            q_s, k_s, v_s = (torch.gather(t, 2, order[..., None].expand_as(t)) for t in (qk, k_hat, v))
+            allowed = window_allowed(length, before, after, block=BLOCK, exact=self.causal,
+                                     labels=torch.gather(bucket, 2, order))  # (B, H, L, L) in sorted order
+            scores = (q_s * self.head_dim**-0.5) @ k_s.transpose(-1, -2)
+            scores = scores.masked_fill(torch.eye(length, dtype=torch.bool, device=x.device), SELF_SCORE)
+            p, lse = masked_softmax_lse(scores, allowed)
+            inverse = torch.argsort(order, dim=-1)
+            out = torch.gather(p @ v_s, 2, inverse[..., None].expand_as(v_s))
+            rounds.append((out, torch.gather(lse, 2, inverse)))
+        return self.out_proj(self.merge_heads(merge_softmax_parts(rounds)))
 
     def projection_flops(self, batch: int, len_q: int, len_k: int) -> int:
         return 2 * batch * self.dim * self.dim * 3 * len_q  # shared QK, V, output
@@ -111,8 +143,9 @@ class ReformerAttention(MultiHeadAttention):
     def core_flops(self, batch: int, len_q: int, len_k: int) -> int:
         d, nb = self.head_dim, self._buckets(len_q)
         before, after = self._extent()
-        per_round = 2 * len_q * d * (nb // 2) + window_attention_flops(len_q, d, d, before, after, BLOCK)
-        return batch * self.num_heads * self.num_hashes * per_round
+        hashing = 2 * batch * self.num_heads * len_q * d * (nb // 2)  # x R_r
+        window = window_attention_flops(batch, self.num_heads, len_q, d, d, before, after, BLOCK)
+        return self.num_hashes * (hashing + window)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", bucket_size={self.bucket_size}, num_hashes={self.num_hashes}"

@@ -18,20 +18,18 @@ cannot be the mean of its tokens (later tokens would steer the routing of earlie
 the query of the region's first token, the only region summary every token of the region may see.
 With k >= number of regions both forms equal dense (causal) softmax attention (LCE off).
 Padding: padded keys are masked, region means count only real tokens, all-padding regions are
-never routed to.
+never routed to. The token attention is `cab.ops.softmax_attention` on the gathered regions.
+Reference: dense softmax attention over the L×L mask of the routed regions, plus the same LCE.
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from cab import MultiHeadAttention, Pattern, register_attention
-
-from ._part2_common import masked_attend, pad_length
+from cab.ops import ceil_div, keep_mask, pad_to_multiple, softmax_attention
 
 
 @register_attention(
@@ -51,6 +49,12 @@ class BiLevelRoutingAttention(MultiHeadAttention):
         self.lce_kernel = lce_kernel
         if lce_kernel:
             self.lce = nn.Conv1d(dim, dim, lce_kernel, groups=dim)
+
+    def regions(self, t: torch.Tensor) -> torch.Tensor:
+        """(B, H, L, Dh) -> (B, H, n, S, Dh), zero-padded to whole regions of S = min(region_size, L)."""
+        b, h, length, d = t.shape
+        s = min(self.region_size, length)
+        return pad_to_multiple(t, s).view(b, h, ceil_div(length, s), s, d)
 
     def route(self, q, k, keep):
         """Top-k routed regions. q, k: (B, H, n, S, Dh); keep: (B, n, S) -> idx (B, n, k), ok (B, n, k)."""
@@ -73,15 +77,9 @@ class BiLevelRoutingAttention(MultiHeadAttention):
 
     def attend(self, q, k, v, key_padding_mask):
         b, h, length, d = q.shape
-        s = min(self.region_size, length)
-        qp, kp, vp = (pad_length(t, s) for t in (q, k, v))
-        n = qp.shape[2] // s
-        keep = torch.arange(n * s, device=q.device) < length
-        keep = keep.expand(b, n * s)
-        if key_padding_mask is not None:
-            keep = keep & ~pad_length(key_padding_mask.float(), s, dim=-1, value=1.0).bool()
-        keep = keep.reshape(b, n, s)
-        qr, kr, vr = (t.reshape(b, h, n, s, d) for t in (qp, kp, vp))  # (B, H, n, S, Dh)
+        qr, kr, vr = (self.regions(t) for t in (q, k, v))  # (B, H, n, S, Dh)
+        n, s = qr.shape[2], qr.shape[3]
+        keep = pad_to_multiple(keep_mask(key_padding_mask, b, length, q.device), s, dim=-1).view(b, n, s)  # (B, n, S)
 
         idx, ok = self.route(qr, kr, keep)  # (B, n, k)
         kk = idx.shape[-1]
@@ -94,18 +92,37 @@ class BiLevelRoutingAttention(MultiHeadAttention):
             k_sel, v_sel = torch.cat([k_sel, kr], dim=3), torch.cat([v_sel, vr], dim=3)
             own = torch.ones(s, s, dtype=torch.bool, device=q.device).tril() & keep[:, :, None, :]  # (B, n, S, S)
             sel_keep = torch.cat([sel_keep, own], dim=-1)
-        out = masked_attend(qr, k_sel, v_sel, sel_keep[:, None])  # (B, H, n, S, Dh)
-        out = out.reshape(b, h, n * s, d)[:, :, :length]
-        if self.lce_kernel:
-            vk = v if key_padding_mask is None else v * (~key_padding_mask)[:, None, :, None].to(v.dtype)
-            vf = self.merge_heads(vk).transpose(1, 2)  # (B, dim, L)
-            pad = (self.lce_kernel - 1, 0) if self.causal else (self.lce_kernel // 2, (self.lce_kernel - 1) // 2)
-            out = out + self.split_heads(self.lce(F.pad(vf, pad)).transpose(1, 2))
-        return out
+        out = softmax_attention(qr, k_sel, v_sel, sel_keep[:, None])  # (B, H, n, S, Dh)
+        return out.reshape(b, h, n * s, d)[:, :, :length] + self.local_context(v, key_padding_mask)
+
+    def reference_attend(self, q, k, v, key_padding_mask):
+        """Dense softmax attention over the L×L mask of the routed regions (the routing decision is `route`'s)."""
+        b, h, length, d = q.shape
+        s = min(self.region_size, length)
+        n = ceil_div(length, s)
+        keep = keep_mask(key_padding_mask, b, length, q.device)
+        idx, ok = self.route(self.regions(q), self.regions(k), pad_to_multiple(keep, s, dim=-1).view(b, n, s))
+        routed = torch.zeros(b, n, n, dtype=torch.bool, device=q.device).scatter(-1, idx, ok)  # (B, n, n)
+        region = torch.arange(length, device=q.device) // s
+        allowed = routed[:, region][:, :, region]  # (B, L, L): key j's region is routed for query i's region
+        if self.causal:  # plus the own region, token-causal
+            i, j = region[:, None], region[None, :]
+            allowed = allowed | ((i == j) & torch.ones(length, length, dtype=torch.bool, device=q.device).tril())
+        allowed = allowed[:, None] & keep[:, None, None, :]  # (B, 1, L, L)
+        return softmax_attention(q, k, v, allowed) + self.local_context(v, key_padding_mask)
+
+    def local_context(self, v, key_padding_mask):
+        """LCE(V): a depthwise convolution over the real values (causal: left-padded); 0 when lce_kernel = 0."""
+        if not self.lce_kernel:
+            return 0
+        vk = v if key_padding_mask is None else v * (~key_padding_mask)[:, None, :, None].to(v.dtype)
+        vf = self.merge_heads(vk).transpose(1, 2)  # (B, dim, L)
+        pad = (self.lce_kernel - 1, 0) if self.causal else (self.lce_kernel // 2, (self.lce_kernel - 1) // 2)
+        return self.split_heads(self.lce(F.pad(vf, pad)).transpose(1, 2))
 
     def core_flops(self, batch: int, len_q: int, len_k: int) -> int:
         s = min(self.region_size, len_q)
-        n = -(-len_q // s)
+        n = ceil_div(len_q, s)
         kk = max(1, min(self.topk, n - 1 if self.causal else n))
         keys = (kk + (1 if self.causal else 0)) * s  # keys per query
         attention = 4 * n * s * keys * self.dim  # scores and weights·V, all heads

@@ -3,27 +3,16 @@
 softmax(Q Kᵀ / √Dh + mask) V, computed by whichever SDPA backend torch picks for the device
 (flash / memory-efficient on GPU, a fused kernel on CPU). This is the exact baseline every
 efficient mechanism is compared with. Causal cross holds for free: queries never interact.
+Reference: the dense masked form, `cab.ops.softmax_attention` with the same `allowed_mask`.
 """
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 
-from cab.attention import exact_attention_flops, kv_cache_size
 from cab import MultiHeadAttention, Pattern, register_attention
-
-
-def sdpa_mask(
-    key_padding_mask: torch.Tensor | None, causal: bool, len_q: int, len_k: int, device: torch.device
-) -> tuple[torch.Tensor | None, bool]:
-    """SDPA's (attn_mask, is_causal) for padding and/or a causal mask. attn_mask: True = may attend."""
-    if key_padding_mask is None:
-        return None, causal
-    allowed = ~key_padding_mask[:, None, None, :]  # (B, 1, 1, Lk)
-    if causal:  # SDPA refuses is_causal together with attn_mask, so fold the causal mask in
-        allowed = allowed & torch.ones(len_q, len_k, dtype=torch.bool, device=device).tril()
-    return allowed, False
+from cab.attention import exact_attention_flops, kv_cache_size
+from cab.ops import allowed_mask, sdpa_mask, softmax_attention
 
 
 @register_attention("softmax", patterns=set(Pattern))
@@ -33,10 +22,13 @@ class SoftmaxAttention(MultiHeadAttention):
         self.dropout = dropout
 
     def attend(self, q, k, v, key_padding_mask):
-        # q: (B, H, Lq, Dh); k, v: (B, H, Lk, Dh)
+        # q: (B, H, Lq, Dh); k, v: (B, H, Lk, Dh) -> (B, H, Lq, Dh)
         mask, is_causal = sdpa_mask(key_padding_mask, self.causal, q.shape[-2], k.shape[-2], q.device)
         p = self.dropout if self.training else 0.0
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=is_causal)
+
+    def reference_attend(self, q, k, v, key_padding_mask):
+        return softmax_attention(q, k, v, allowed_mask(key_padding_mask, q.shape[-2], k.shape[-2], self.causal))
 
     def core_flops(self, batch: int, len_q: int, len_k: int) -> int:
         # QKᵀ and (softmax)·V; causal: the unmasked pairs only, since SDPA's fused kernels skip the

@@ -1,16 +1,24 @@
-"""The docs' code runs: the example attention in docs/adding-an-attention.md registers and passes
-the pattern contract, so the page cannot drift from the API."""
+"""The docs' code runs: the example attention in docs/adding-an-attention.md registers, builds, passes the
+pattern contract and its reference test, and states the FLOPs it runs, so the page cannot drift from the API."""
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from pathlib import Path
 
-import torch
-
-from cab import Pattern, build_attention, registry
+from cab import Pattern, attention_spec, registry
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
+EXAMPLE = "relu_linear_doc_example"
+
+
+def _test_module(filename: str):
+    """A registry-wide test file as a module: its checks take (name, pattern) and build through the registry."""
+    spec = importlib.util.spec_from_file_location(f"doc_{Path(filename).stem}", Path(__file__).with_name(filename))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_adding_an_attention_example_works():
@@ -19,14 +27,19 @@ def test_adding_an_attention_example_works():
     namespace: dict = {"__name__": "doc_example"}
     try:
         exec(compile(code, "adding-an-attention.md", "exec"), namespace)
+        spec = attention_spec(EXAMPLE)
+        assert spec.patterns == set(Pattern) and spec.cls.declares_reference()
+        contract, flops = _test_module("test_attention_contract.py"), _test_module("test_flops.py")
         for pattern in Pattern:
-            layer = build_attention("sigmoid_doc_example", dim=16, num_heads=2, pattern=pattern).double().eval()
-            x = torch.randn(2, 7, 16, dtype=torch.double)
-            context = torch.randn(2, 9, 16, dtype=torch.double) if pattern.is_cross else None
-            out = layer(x, context=context)
-            assert out.shape == x.shape and torch.isfinite(out).all()
-            if pattern is Pattern.CAUSAL_SELF:  # prefix test
-                torch.testing.assert_close(layer(x[:, :4])[:, 3], out[:, 3])
-        assert layer.flops(1, 8, 8) > 0
+            contract.test_shape_and_finite(EXAMPLE, pattern)
+            contract.test_gradients_finite(EXAMPLE, pattern)
+            contract.test_padding_per_row_equals_each_row_alone(EXAMPLE, pattern)
+            contract.test_equals_its_reference(EXAMPLE, pattern)  # float64, 1e-10, padding per row
+            if pattern is Pattern.CAUSAL_SELF:
+                contract.test_causal_self_prefix(EXAMPLE, pattern)
+                contract.test_causal_self_perturbation(EXAMPLE, pattern)
+            if pattern is Pattern.CAUSAL_CROSS:
+                contract.test_causal_cross_query_truncation(EXAMPLE, pattern)
+            flops.test_flops_match_torch_flop_counter(EXAMPLE, pattern)  # the FLOPs the page states
     finally:
-        registry._ATTENTIONS.entries.pop("sigmoid_doc_example", None)
+        registry._ATTENTIONS.entries.pop(EXAMPLE, None)

@@ -97,11 +97,13 @@ def masked_softmax(scores: torch.Tensor, allowed: torch.Tensor | None, dim: int 
     return _softmax_of_filled(filled, allowed, dim)
 
 
-def _softmax_of_filled(filled: torch.Tensor, allowed: torch.Tensor, dim: int = -1) -> torch.Tensor:
+def _softmax_of_filled(filled: torch.Tensor, allowed: torch.Tensor | None, dim: int = -1) -> torch.Tensor:
     """masked_softmax of scores already filled with finfo.min where not allowed (callers that own the scores
     fill them in place). Disallowed entries are exp(finfo.min - max) = 0 already in any row with an allowed
-    entry, so multiplying by "the row has one" (a smaller tensor than allowed) zeroes exactly the empty rows."""
-    return torch.softmax(filled, dim=dim) * allowed.any(dim=dim, keepdim=True)
+    entry, so multiplying by "the row has one" (a smaller tensor than allowed) zeroes exactly the empty rows.
+    allowed=None: the caller knows that every row has an allowed entry, and the pass over p is skipped."""
+    p = torch.softmax(filled, dim=dim)
+    return p if allowed is None else p * allowed.any(dim=dim, keepdim=True)
 
 
 def masked_softmax_lse(scores: torch.Tensor, allowed: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -115,12 +117,17 @@ def masked_softmax_lse(scores: torch.Tensor, allowed: torch.Tensor | None) -> tu
     return _softmax_lse_of_filled(scores.masked_fill(~allowed, torch.finfo(scores.dtype).min), allowed)
 
 
-def _softmax_lse_of_filled(filled: torch.Tensor, allowed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """masked_softmax_lse of scores already filled with finfo.min where not allowed."""
+def _softmax_lse_of_filled(
+    filled: torch.Tensor, allowed: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """masked_softmax_lse of scores already filled with finfo.min where not allowed (allowed=None: as in
+    `_softmax_of_filled`, every row is known to have an allowed entry)."""
     p = torch.softmax(filled, dim=-1)
     # lse = max + log Σ exp(s - max) = max - log(p at the max): two reductions, no second exp pass; the
     # gradient is exact (d max cancels between the terms)
     lse = filled.amax(dim=-1) - torch.log(p.amax(dim=-1))
+    if allowed is None:
+        return p, lse
     nonempty = allowed.any(dim=-1)
     return p * nonempty[..., None], torch.where(nonempty, lse, torch.full_like(lse, NEG_INF))
 

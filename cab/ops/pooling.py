@@ -17,11 +17,14 @@ rank, so padding anywhere (appended or interior) never moves a boundary. Segment
 Forms: `segment_weights` (B, S, L), the averaging matrix (pooling as a matrix product); `segment_means`,
 the same means by scatter/gather (no matrix product); `segment_ids` the partition of real tokens.
 `causal_segment_means` pools, for every query i, its own prefix's real tokens by the same rule (TransNeXt's
-causal pooled tokens); `causal_prefix_mean` is the running mean of real tokens. Reference forms:
+causal pooled tokens; in chunks of queries: `rank_prefix` once, then `causal_segment_means_of` per chunk);
+`causal_prefix_mean` is the running mean of real tokens. Reference forms:
 `segment_means_reference` and `causal_segment_means_reference`, Python loops over examples and segments.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -115,32 +118,70 @@ def segment_means(t: torch.Tensor, keep: torch.Tensor, num_segments: int) -> tup
     return torch.where(keep_valid, means, torch.zeros_like(means)), valid
 
 
+class RankPrefix(NamedTuple):
+    """What `causal_segment_means` needs for any range of queries, computed once by `rank_prefix`:
+    sums (B, H, L+1, D), sums[:, :, j] = Σ of the real tokens at positions < j; position (B, L+1) long, the
+    position of the real token of rank r (L for r >= n, so sums at it is the total); count (B, L) long, the
+    real tokens at positions <= i."""
+
+    sums: torch.Tensor
+    position: torch.Tensor
+    count: torch.Tensor
+
+
+def rank_prefix(t: torch.Tensor, keep: torch.Tensor) -> RankPrefix:
+    """The prefix sums behind `causal_segment_means`: t (B, H, L, D), keep (B, L) -> `RankPrefix`.
+
+    The sum of the ranks [lo, hi) is sums[position[hi]] - sums[position[lo]]: positional prefix sums of the
+    real tokens, read at the position where a rank starts (padding anywhere adds zeros, never moves a bin).
+    """
+    b, _, length, _ = t.shape
+    sums = F.pad(torch.cumsum(t * keep.to(t.dtype)[:, None, :, None], dim=2), (0, 0, 1, 0)).contiguous()
+    rank, _ = _ranks(keep)
+    position = torch.full((b, length + 1), length, dtype=torch.long, device=keep.device)
+    pos = torch.arange(length, device=keep.device).expand(b, length)
+    position.scatter_(1, torch.where(keep, rank, torch.full_like(rank, length)), pos)  # padding -> slot L
+    position[:, length] = length  # rank n (and the padding's slot): the end, where sums holds the total
+    return RankPrefix(sums, position, torch.cumsum(keep.to(torch.long), dim=1))
+
+
+def causal_segment_means_of(
+    prefix: RankPrefix, num_segments: int, start: int = 0, stop: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`causal_segment_means` for the queries [start, stop) from a `rank_prefix` (pool chunk after chunk
+    of queries without recomputing the prefix sums). -> means (B, H, stop-start, S, D), valid (B, stop-start, S)."""
+    sums, position, count = prefix
+    b, h, length1, d = sums.shape
+    stop = length1 - 1 if stop is None else stop
+    c, s = stop - start, num_segments
+    n_i = count[:, start:stop]  # (B, c) real tokens <= i
+    lo, hi = segment_bounds(n_i, s)  # (B, c, S) rank bounds
+    rows = sums.view(b * h * length1, d)
+    base = (torch.arange(b * h, device=sums.device) * length1).view(b, h, 1)
+
+    def at(ranks):  # sums at the positions where ranks (B, c, K) start -> (B, H, c, K, D), one row gather
+        idx = position.gather(1, ranks.reshape(b, -1))[:, None, :] + base  # (B, H, c·K)
+        return rows.index_select(0, idx.reshape(-1)).view(b, h, c, ranks.shape[-1], d)
+
+    if bool((n_i >= s).all()):  # no repeated token: segment s ends where s+1 starts, one gather of S+1 bounds
+        edges = at(torch.cat([lo, hi[..., -1:]], dim=-1))
+        total = edges[:, :, :, 1:] - edges[:, :, :, :-1]
+    else:
+        total = at(hi) - at(lo)
+    return total / (hi - lo).clamp(min=1).to(sums.dtype)[:, None, :, :, None], hi > lo
+
+
 def causal_segment_means(
     t: torch.Tensor, keep: torch.Tensor, num_segments: int, start: int = 0, stop: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """For every query position i in [start, stop): the S segment means of the real tokens at positions <= i.
 
     t: (B, H, L, D); keep: (B, L) -> means (B, H, stop-start, S, D), valid (B, stop-start, S) (False where
-    no real token is at or before i). The binning rule with n_i = real tokens <= i, from prefix sums of the
-    real tokens packed to the front, so the cost is O(L·D + (stop-start)·S·D) elementwise, no matrix product.
+    no real token is at or before i). The binning rule with n_i = real tokens <= i, from prefix sums read at
+    rank boundaries, so the cost is O(L·D + (stop-start)·S·D) elementwise, no matrix product. To pool the
+    queries in chunks, compute `rank_prefix` once and call `causal_segment_means_of` per chunk.
     """
-    b, h, length, d = t.shape
-    stop = length if stop is None else stop
-    # pack the real tokens to the front (stable), then prefix sums: packed[r] is the token of rank r
-    order = torch.argsort((~keep).to(torch.int8), dim=1, stable=True)  # (B, L)
-    packed_keep = keep.gather(1, order).to(t.dtype)[:, None, :, None]
-    packed = t.gather(2, order[:, None, :, None].expand(-1, h, -1, d)) * packed_keep
-    prefix = F.pad(torch.cumsum(packed, dim=2), (0, 0, 1, 0))  # (B, H, L+1, D): prefix[r] = Σ ranks < r
-    n_i = torch.cumsum(keep.to(torch.long), dim=1)[:, start:stop]  # (B, c) real tokens <= i
-    lo, hi = segment_bounds(n_i, num_segments)  # (B, c, S)
-    c = stop - start
-
-    def at(r):  # prefix sums at ranks r (B, c, S) -> (B, H, c, S, D)
-        idx = r.reshape(b, 1, c * num_segments, 1).expand(-1, h, -1, d)
-        return prefix.gather(2, idx).view(b, h, c, num_segments, d)
-
-    count = (hi - lo).clamp(min=1).to(t.dtype)[:, None, :, :, None]
-    return (at(hi) - at(lo)) / count, hi > lo
+    return causal_segment_means_of(rank_prefix(t, keep), num_segments, start, stop)
 
 
 def causal_prefix_mean(t: torch.Tensor, keep: torch.Tensor | None, dim: int = -2) -> torch.Tensor:

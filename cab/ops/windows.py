@@ -109,10 +109,13 @@ def window_attention(
     if self_score is not None:
         scores.masked_fill_((rel == 0)[None, None], self_score)
     scores.masked_fill_(~allowed, torch.finfo(scores.dtype).min)  # in place: scores is this function's own tensor
+    # query i < L may always attend key i (inside its band or its block's span, causal or not, same label), so
+    # only key masks can leave a query with nothing allowed; without them the zeroing of empty rows is skipped
+    rows = allowed if valid is not None or before < 0 or after < 0 else None
     if return_lse:
-        p, lse = _softmax_lse_of_filled(scores, allowed)  # the convention of masked_softmax(_lse)
+        p, lse = _softmax_lse_of_filled(scores, rows)  # the convention of masked_softmax(_lse)
     else:
-        p = _softmax_of_filled(scores, allowed)
+        p = _softmax_of_filled(scores, rows)
     out = (p @ v_unf).reshape(b, h, lp, dv)[:, :, :length]  # (B, H, L, Dv)
     if return_lse:
         return out, lse.reshape(b, h, lp)[:, :, :length]
