@@ -13,8 +13,17 @@ Attention as a flow network: keys are sources, queries are sinks, φ = sigmoid. 
 All of it is O((n + m)·Dh²): no L×L. Causal form (the repository's `Flow_Attention_Causal`): every
 sum over positions becomes a prefix sum, the flows are rescaled by the number of positions seen
 (i+1), competition is exp(Ô_j)/Σ_{s<=i} exp(Ô_s)·(i+1), allocation has no n/m factor, and the final
-product is the causal linear attention `cab.kernels.causal_linear_attention`. The per-position flow
-dot products (φ(q_i)·prefix sums) are elementwise work (≈10·L·Dh per head), not counted as FLOPs.
+product is the causal un-normalised linear attention (`cab.ops.linear_attention`, normalize=False:
+the chunked `causal_recurrence`). The per-position flow dot products (φ(q_i)·prefix sums) are
+batched products (counted: 4·2·L·Dh per head); the prefix sums, the +eps and the other elementwise
+work (≈20 passes over (L, Dh) per head) are not FLOPs but take about as long as the layer's
+projections: at 16,384 tokens (dim 512, 8 heads, one thread) the causal layer runs at ≈35-40% of
+the machine's matmul rate, short of the zoo's 40% target, which its algorithm (every flow is a
+per-position prefix statistic) cannot reach. Flowformer's own normalisations (the flows, the
+position counts, the competition) stay here: no other mechanism has them.
+Reference: every prefix sum written as a masked L×L product (a lower-triangular matrix over the real
+positions) and the aggregation in its quadratic form (`linear_attention_reference`); noncausal, the
+same flows with the quadratic aggregation.
 
 Patterns: noncausal self and cross natively (L ≠ S allowed). Causal cross is not: O_j and the
 competition sum over all queries, so an output depends on later queries. Padding: padded keys (and
@@ -29,7 +38,15 @@ from __future__ import annotations
 import torch
 
 from cab import MultiHeadAttention, Pattern, register_attention
-from cab.kernels import causal_linear_attention, causal_linear_flops
+from cab.ops import (
+    causal_mask,
+    keep_mask,
+    linear_attention,
+    linear_attention_flops,
+    linear_attention_reference,
+    masked_softmax,
+    zero_padding,
+)
 
 
 @register_attention(
@@ -44,22 +61,32 @@ class FlowAttention(MultiHeadAttention):
         self.chunk_size = chunk_size
 
     def attend(self, q, k, v, key_padding_mask):
-        # q: (B, H, Lq, Dh); k, v: (B, H, Lk, Dh)
-        q, k = torch.sigmoid(q), torch.sigmoid(k)
-        keep_k = None if key_padding_mask is None else (~key_padding_mask)[:, None, :, None].to(q.dtype)  # (B,1,Lk,1)
-        keep_q = keep_k if not self.pattern.is_cross else None  # self: padded positions are no sinks either
-        if keep_k is not None:
-            k = k * keep_k
-        if keep_q is not None:
-            q = q * keep_q
-        if self.causal:
-            return self._causal(q, k, v, keep_k)
-        return self._noncausal(q, k, v, keep_q, keep_k)
+        return self._flow(q, k, v, key_padding_mask, reference=False)
 
-    def _noncausal(self, q, k, v, keep_q, keep_k):
+    def reference_attend(self, q, k, v, key_padding_mask):
+        return self._flow(q, k, v, key_padding_mask, reference=True)
+
+    def _flow(self, q, k, v, key_padding_mask, reference):
+        # q: (B, H, Lq, Dh); k, v: (B, H, Lk, Dh); φ = sigmoid, padded keys (self: and queries) removed
+        q, k = torch.sigmoid(q), zero_padding(torch.sigmoid(k), key_padding_mask)
+        if not self.pattern.is_cross:  # self: padded positions are no sinks either
+            q = zero_padding(q, key_padding_mask)
+        if self.causal:
+            return self._causal(q, k, v, key_padding_mask, reference)
+        return self._noncausal(q, k, v, key_padding_mask, reference)
+
+    def _aggregate(self, q, k, v, reference):
+        """Σ_j (q_i·k_j) v_j over all keys, or j <= i when causal: (B, H, Lq, Dh)."""
+        if reference:
+            return linear_attention_reference(q, k, v, causal=self.causal, normalize=False)
+        return linear_attention(q, k, v, causal=self.causal, normalize=False, chunk_size=self.chunk_size)
+
+    def _noncausal(self, q, k, v, key_padding_mask, reference):
         eps = self.eps
-        n_q = q.new_full((1, 1, 1), q.shape[-2]) if keep_q is None else keep_q.sum(dim=2)  # (B|1, 1, 1)
-        n_k = k.new_full((1, 1, 1), k.shape[-2]) if keep_k is None else keep_k.sum(dim=2)
+        keep_k = None if key_padding_mask is None else ~key_padding_mask[:, None, :]  # (B, 1, Lk)
+        keep_q = keep_k if not self.pattern.is_cross else None
+        n_q = q.new_full((1, 1, 1), q.shape[-2]) if keep_q is None else keep_q.sum(-1, keepdim=True).to(q.dtype)
+        n_k = k.new_full((1, 1, 1), k.shape[-2]) if keep_k is None else keep_k.sum(-1, keepdim=True).to(k.dtype)
         # (1) incoming and outgoing flows: matrix-vector products, (B, H, L)
         sink_in = 1.0 / ((q + eps) @ (k.sum(2) + eps)[..., None]).squeeze(-1)  # (B, H, Lq)
         source_out = 1.0 / ((k + eps) @ (q.sum(2) + eps)[..., None]).squeeze(-1)  # (B, H, Lk)
@@ -67,41 +94,46 @@ class FlowAttention(MultiHeadAttention):
         cons_sink = ((q + eps) @ ((k * source_out[..., None]).sum(2) + eps)[..., None]).squeeze(-1)
         cons_source = ((k + eps) @ ((q * sink_in[..., None]).sum(2) + eps)[..., None]).squeeze(-1)
         cons_source = cons_source.clamp(-1.0, 1.0)
-        # (3) competition (over real keys) and allocation
+        # (3) competition (a softmax over the real keys) and allocation
         alloc = torch.sigmoid(cons_sink * (n_q / n_k))  # (B, H, Lq)
-        if keep_k is not None:
-            cons_source = cons_source.masked_fill(keep_k[..., 0] == 0, float("-inf"))
-        competition = torch.softmax(cons_source, dim=-1) * n_k  # (B, H, Lk)
-        # (4) aggregation: Kᵀ(V ⊙ competition) then Q·that, (B, H, Dh, Dh) state
-        kv = k.transpose(-1, -2) @ (v * competition[..., None])
-        return (q * sink_in[..., None]) @ kv * alloc[..., None]
+        competition = masked_softmax(cons_source, keep_k) * n_k  # (B, H, Lk)
+        # (4) aggregation: φ(Q)ᵀ(φ(K)ᵀ(V ⊙ competition)), a (Dh, Dh) state per head
+        return self._aggregate(q * sink_in[..., None], k, v * competition[..., None], reference) * alloc[..., None]
 
-    def _causal(self, q, k, v, keep):
+    def _causal(self, q, k, v, key_padding_mask, reference):
         eps = self.eps
-        length = q.shape[-2]
-        if keep is None:
-            normal = torch.arange(1, length + 1, dtype=q.dtype, device=q.device)[None, None, :]  # (1, 1, L)
+        b, _, length, _ = q.shape
+        if reference:  # Σ_{j <= i} over real j as an L×L lower-triangular product (padded rows are zero)
+            tri = causal_mask(length, length, q.device).to(q.dtype)
+
+            def prefix(x):  # (B, H, L, X) -> (B, H, L, X)
+                return tri @ x
         else:
-            normal = keep[..., 0].cumsum(-1).clamp(min=1.0)  # (B, 1, L): positions seen so far
-        sink_in = normal / ((q + eps) * (k.cumsum(2) + eps)).sum(-1)  # (B, H, L)
-        source_out = normal / ((k + eps) * (q.cumsum(2) + eps)).sum(-1)
-        cons_sink = ((q + eps) * ((k * source_out[..., None]).cumsum(2) + eps)).sum(-1) / normal
-        cons_source = ((k + eps) * ((q * sink_in[..., None]).cumsum(2) + eps)).sum(-1) / normal
-        cons_source = cons_source.clamp(-1.0, 1.0)
+            def prefix(x):
+                return x.cumsum(2)
+
+        def dot(a, b):  # per-position dot product (B, H, L, D) x2 -> (B, H, L): a batched matmul, no L×D temporary
+            return torch.einsum("bhld,bhld->bhl", a, b)
+
+        keep = keep_mask(key_padding_mask, b, length, q.device)[:, None, :, None].to(q.dtype)  # (B, 1, L, 1)
+        normal = prefix(keep)[..., 0].clamp(min=1.0)  # (B, 1, L): positions seen so far
+        q_eps, k_eps = q + eps, k + eps
+        sink_in = normal / dot(q_eps, prefix(k) + eps)  # (B, H, L)
+        source_out = normal / dot(k_eps, prefix(q) + eps)
+        cons_sink = dot(q_eps, prefix(k * source_out[..., None]) + eps) / normal
+        cons_source = (dot(k_eps, prefix(q * sink_in[..., None]) + eps) / normal).clamp(-1.0, 1.0)
         alloc = torch.sigmoid(cons_sink)
-        expo = torch.exp(cons_source)
-        if keep is not None:
-            expo = expo * keep[..., 0]
-        competition = expo / expo.cumsum(-1).clamp(min=eps) * normal  # (B, H, L)
-        out = causal_linear_attention(q * (sink_in / normal)[..., None], k, v * competition[..., None], self.chunk_size)
+        expo = torch.exp(cons_source) * keep[..., 0]  # (B, H, L), 0 at padding
+        competition = expo / prefix(expo[..., None])[..., 0].clamp(min=eps) * normal  # (B, H, L)
+        out = self._aggregate(q * (sink_in / normal)[..., None], k, v * competition[..., None], reference)
         return out * alloc[..., None]
 
     def core_flops(self, batch: int, len_q: int, len_k: int) -> int:
         d, h = self.head_dim, self.num_heads
-        if self.causal:
-            return causal_linear_flops(batch, h, len_q, d, d, self.chunk_size)
-        flows = 2 * d * (2 * len_q + 2 * len_k)  # four matrix-vector flow products
-        return batch * h * (flows + 2 * len_k * d * d + 2 * len_q * d * d)
+        aggregate = linear_attention_flops(batch, h, len_q, len_k, d, d, causal=self.causal, normalize=False,
+                                           chunk_size=self.chunk_size)
+        # + the four flow products: matrix-vector (noncausal) or per-position dot products (causal), 2·L·Dh each
+        return batch * h * 2 * d * (2 * len_q + 2 * len_k) + aggregate
 
     def state_size(self, seq_len: int) -> int:
         d = self.head_dim

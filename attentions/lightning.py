@@ -11,32 +11,62 @@ M_ts = λ^{t-s} for s <= t. Lightning-2 computes it in blocks of B positions (th
         O_t     = O_intra + O_inter
         KV      = λ^B KV + (λ^B Λ^{-1} K_t)ᵀ V_t               # carried state
 then the output normalisation of TransNormerLLM (an RMS norm per head) and the output projection.
-The cost per token is O(B·Dh + Dh²), independent of the length; memory O(L·B + (L/B)·Dh²): no L×L.
-The loop runs over segments of `segment_blocks` blocks (1,024 positions by default): inside a segment
-`cab.kernels.causal_linear_attention` (the same block form, all blocks of the segment at once), across
-segments the carried KV, so the working set, and the time per token, do not grow with the length.
-The masked quadratic reference is `cab.kernels.quadratic_causal_linear_attention`. Feature map: SiLU on q and k (TransNormerLLM).
+That loop is `cab.ops.causal_recurrence` with a per-head log decay (H,) and chunk = B. It runs over
+segments of `segment_blocks` blocks (1,024 positions by default), the state KV carried from one
+segment to the next (`initial_state` / `return_final_state`), so the working set, and the time per
+token, do not grow with the length. Memory O(S·B + (S/B)·Dh²) for a segment of S: no L×L.
+Feature map: SiLU on q and k (TransNormerLLM). Noncausal: Q (φ(K)ᵀ V) through `linear_attention`
+(normalize=False). Reference: `linear_attention_reference` (the masked quadratic form, decayed).
 
-Decay λ_h = exp(-(8/H)·(h+1)) (TransNormerLLM's / fla's `g_gamma` slopes for one layer). Decay needs
-aligned positions, so it is used only for causal self; the other patterns use no decay, where
-causal cross holds trivially (every query reads the same Kᵀ V).
+Decay: λ_h = exp(-s_h) with s_h the ALiBi slopes (Press et al. 2022), as the official Lightning
+Attention code builds them (`_build_slope_tensor` in OpenNLPLab/lightning-attention, whose reference
+kernel weighs the pair (t, s) by exp(-s_h·(t-s))): for H a power of two s_h = 2^(-8h/H), h = 1..H
+(H = 4: 2^-2, 2^-4, 2^-6, 2^-8; one head: s = 2^-8, λ ≈ 0.996); for other H the P = 2^⌊log2 H⌋ slopes
+of P heads, then the first H - P of the slopes of 2P heads at even indices (ALiBi's interleaving rule,
+`alibi_slopes`). The repository's TransNormerLLM layer (examples/module/tnl_attn.py) further scales
+the slopes of layer l of N by (1 - l/(N-1) + 1e-5); a cab layer does not know its depth, so that
+factor is left out (every layer decays as the first of a stack). An earlier exp(-8(h+1)/H) decayed
+far too fast (one head: λ = e^-8, every token but the current forgotten). Decay needs aligned
+positions, so it is used only for causal self; the other patterns use no decay, where causal cross
+holds trivially (every query reads the same Kᵀ V).
 
 Recurrent form: KV (Dh×Dh) per head, so state_size = H·Dh² (no normaliser: none is carried).
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
-import torch.nn.functional as F
 
 from cab import MultiHeadAttention, Pattern, register_attention
-from cab.attention import zero_padded_keys
-from cab.kernels import causal_linear_attention, causal_linear_flops
+from cab.ops import (
+    causal_recurrence,
+    causal_recurrence_flops,
+    linear_attention,
+    linear_attention_flops,
+    linear_attention_reference,
+    silu_feature_map,
+    zero_padding,
+)
+
+
+def alibi_slopes(num_heads: int) -> list[float]:
+    """ALiBi's head slopes (Press et al. 2022), as Lightning Attention's code builds them.
+
+    H a power of two: 2^(-8h/H) for h = 1..H. Otherwise the slopes of P = 2^⌊log2 H⌋ heads, followed by
+    the first H - P of the slopes of 2P heads taken at every other index (0, 2, 4, ...): those lie between
+    P's, so the extra heads get decays in between.
+    """
+    if num_heads & (num_heads - 1) == 0:
+        return [2.0 ** (-8.0 * h / num_heads) for h in range(1, num_heads + 1)]
+    p = 2 ** math.floor(math.log2(num_heads))
+    return alibi_slopes(p) + alibi_slopes(2 * p)[0::2][: num_heads - p]
 
 
 def lightning_decay(num_heads: int) -> torch.Tensor:
-    """λ_h = exp(-(8/H)·(h+1)), h = 0..H-1: (H,)."""
-    return torch.exp(-(8.0 / num_heads) * torch.arange(1, num_heads + 1, dtype=torch.float64))
+    """λ_h = exp(-s_h), s_h = `alibi_slopes(H)`: (H,) float64."""
+    return torch.exp(-torch.tensor(alibi_slopes(num_heads), dtype=torch.float64))
 
 
 @register_attention("lightning", patterns=set(Pattern))
@@ -50,67 +80,53 @@ class LightningAttention(MultiHeadAttention):
         self.block_size = block_size
         self.segment_blocks = segment_blocks
         self.norm_eps = norm_eps
-        self.register_buffer("decay", lightning_decay(num_heads).float(), persistent=False)
+        # log λ_h = -s_h, (H,); a buffer so that it follows the module's dtype and device
+        self.register_buffer("log_decay", -torch.tensor(alibi_slopes(num_heads)), persistent=False)
 
-    def linear_core(self, q, k, v, key_padding_mask):
-        """The un-normalised linear attention: q, k, v (B, H, L, Dh) -> (B, H, Lq, Dh)."""
-        q, k = F.silu(q), zero_padded_keys(F.silu(k), key_padding_mask)  # padded keys add nothing
-        if self.causal:
-            return self._causal_segments(q, k, v)
-        kv = k.transpose(-1, -2) @ v  # (B, H, Dh, Dh)
-        return q @ kv  # (B, H, Lq, Dh)
+    @property
+    def decay(self) -> torch.Tensor:
+        """λ_h, (H,)."""
+        return torch.exp(self.log_decay)
+
+    def _log_decay(self, dtype) -> torch.Tensor | None:
+        return self.log_decay.to(dtype) if self.use_decay else None
 
     def _segment_length(self) -> int:
         return self.block_size * self.segment_blocks
 
-    def _causal_segments(self, q, k, v):
-        """The block recurrence over segments of `segment_blocks` blocks: inside a segment the chunked
-        kernel (intra-block products + prefix of block states), across segments the carried state KV.
-        Every tensor is of segment size, so the time per token does not grow with the length."""
-        b, h, length, d = q.shape
-        lam = self.decay.to(q.dtype) if self.use_decay else None
-        seg = self._segment_length()
-        kv = q.new_zeros(b, h, d, v.shape[-1])  # carried state, (B, H, Dh, Dh)
-        outs = []
-        for start in range(0, length, seg):
-            qs, ks, vs = (t[:, :, start : start + seg] for t in (q, k, v))  # (B, H, S, Dh)
-            n = qs.shape[2]
-            out = causal_linear_attention(qs, ks, vs, self.block_size, lam)  # from a zero state
-            first, last = start == 0, start + seg >= length  # the first segment reads a zero state,
-            if lam is None:                                  # and nothing reads the last one's update
-                if not first:
-                    out = out + qs @ kv
-                if not last:
-                    kv = kv + ks.transpose(-1, -2) @ vs
-            else:
-                pos = torch.arange(n, device=q.device, dtype=q.dtype)
-                log_lam = torch.log(lam).view(1, h, 1, 1)
-                if not first:
-                    out = out + (qs * torch.exp(log_lam * (pos + 1).view(1, 1, n, 1))) @ kv  # Λ Q KV
-                if not last:
-                    decayed_k = ks * torch.exp(log_lam * (n - 1 - pos).view(1, 1, n, 1))
-                    kv = torch.exp(log_lam * n) * kv + decayed_k.transpose(-1, -2) @ vs
+    def linear_core(self, q, k, v, key_padding_mask):
+        """The un-normalised linear attention: q, k, v (B, H, L, Dh) -> (B, H, Lq, Dh)."""
+        phi_q, phi_k = silu_feature_map(q), zero_padding(silu_feature_map(k), key_padding_mask)  # padding adds 0
+        if not self.causal:
+            return linear_attention(phi_q, phi_k, v, normalize=False)  # φ(Q) (φ(K)ᵀ V)
+        log_decay, seg = self._log_decay(q.dtype), self._segment_length()
+        state, outs = None, []  # KV, (B, H, Dh, Dh), carried across segments
+        for start in range(0, q.shape[2], seg):
+            qs, ks, vs = (t[:, :, start : start + seg] for t in (phi_q, phi_k, v))  # (B, H, S, Dh)
+            out, state = causal_recurrence(qs, ks, vs, log_decay, state, self.block_size, return_final_state=True)
             outs.append(out)
         return torch.cat(outs, dim=2)
 
+    def _rms_norm(self, out):
+        return out * torch.rsqrt(out.square().mean(-1, keepdim=True) + self.norm_eps)  # per head (TransNormerLLM)
+
     def attend(self, q, k, v, key_padding_mask):
-        out = self.linear_core(q, k, v, key_padding_mask)
-        return out * torch.rsqrt(out.square().mean(-1, keepdim=True) + self.norm_eps)  # RMS norm per head
+        return self._rms_norm(self.linear_core(q, k, v, key_padding_mask))
+
+    def reference_attend(self, q, k, v, key_padding_mask):
+        out = linear_attention_reference(silu_feature_map(q), silu_feature_map(k), v, causal=self.causal,
+                                         key_padding_mask=key_padding_mask, normalize=False,
+                                         log_decay=self._log_decay(q.dtype) if self.causal else None)
+        return self._rms_norm(out)
 
     def core_flops(self, batch: int, len_q: int, len_k: int) -> int:
         d, h = self.head_dim, self.num_heads
-        if self.causal:  # per block of B: QKᵀ, ·V (2B²Dh each), KᵀV and Q·KV (2B·Dh² each), per segment;
-            seg = self._segment_length()  # plus each segment's read (Q·KV) and update (KᵀV) of the carried state
-            full, rest = divmod(len_q, seg)
-            inside = full * causal_linear_flops(batch, h, seg, d, d, self.block_size)
-            if rest:
-                inside += causal_linear_flops(batch, h, rest, d, d, self.block_size)
-            # the carried state: read (2·n·Dh²) by every segment but the first, updated (2·n·Dh²)
-            # by every segment but the last
-            read = len_q - min(seg, len_q)
-            update = len_q - (rest or min(seg, len_q))
-            return inside + batch * h * 2 * (read + update) * d * d
-        return batch * h * (2 * len_k * d * d + 2 * len_q * d * d)  # Kᵀ V, then Q (Kᵀ V)
+        if not self.causal:  # φ(K)ᵀ V, then φ(Q) (φ(K)ᵀ V)
+            return linear_attention_flops(batch, h, len_q, len_k, d, d, normalize=False)
+        decay, seg = ("head" if self.use_decay else "none"), self._segment_length()
+        full, rest = divmod(len_q, seg)  # whole segments, then a shorter last one
+        total = full * causal_recurrence_flops(batch, h, seg, d, d, self.block_size, decay)
+        return total + (causal_recurrence_flops(batch, h, rest, d, d, self.block_size, decay) if rest else 0)
 
     def state_size(self, seq_len: int) -> int:
         return self.num_heads * self.head_dim * self.head_dim  # KV per head

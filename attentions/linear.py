@@ -1,22 +1,18 @@
 """Linear attention, "Transformers are RNNs" (Katharopoulos et al., ICML 2020).
 
     φ(x) = elu(x) + 1
-    out_i = φ(q_i)ᵀ Σ_j φ(k_j) v_jᵀ / (φ(q_i)ᵀ Σ_j φ(k_j))          (j over all keys, or j <= i)
+    out_i = φ(q_i)ᵀ Σ_j φ(k_j) v_jᵀ / (φ(q_i)ᵀ Σ_j φ(k_j) + eps)          (j over all real keys, or j <= i)
 
-Noncausal: the sums are one D×Dv matrix and one D vector per head, O(L·D·Dv).
-Causal: the chunked form of `cab.kernels.causal_linear_attention` (never an L×L matrix); its
-recurrent form carries S_i (Dh×Dh) and z_i (Dh) per head. Causal cross holds: each query reads
-the same key sums, independently of the other queries.
+One op: `cab.ops.linear_attention` (noncausal: the sums are one Dh×(Dh+1) matrix per head, O(L·Dh²);
+causal: the chunked `causal_recurrence`, never an L×L matrix). Its recurrent form carries S_i (Dh×Dh)
+and z_i (Dh) per head. Causal cross holds: each query reads the same key sums, independently of the
+other queries. Reference: `linear_attention_reference`, the quadratic masked form.
 """
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
-
 from cab import MultiHeadAttention, Pattern, register_attention
-from cab.attention import zero_padded_keys
-from cab.kernels import causal_linear_attention, causal_linear_flops
+from cab.ops import elu_feature_map, linear_attention, linear_attention_flops, linear_attention_reference
 
 
 @register_attention("linear", patterns=set(Pattern))
@@ -27,23 +23,18 @@ class LinearAttention(MultiHeadAttention):
         self.chunk_size = chunk_size
 
     def attend(self, q, k, v, key_padding_mask):
-        phi_q = F.elu(q) + 1  # (B, H, Lq, Dh)
-        phi_k = zero_padded_keys(F.elu(k) + 1, key_padding_mask)  # (B, H, Lk, Dh); padding adds 0
-        ones = torch.ones_like(v[..., :1])
-        v1 = torch.cat([v, ones], dim=-1)  # (B, H, Lk, Dh+1): last column accumulates the normaliser
-        if self.causal:
-            num_den = causal_linear_attention(phi_q, phi_k, v1, self.chunk_size)  # (B, H, L, Dh+1)
-        else:
-            kv = phi_k.transpose(-1, -2) @ v1  # (B, H, Dh, Dh+1)
-            num_den = phi_q @ kv  # (B, H, Lq, Dh+1)
-        return num_den[..., :-1] / (num_den[..., -1:] + self.eps)
+        # q: (B, H, Lq, Dh); k, v: (B, H, Lk, Dh) -> (B, H, Lq, Dh)
+        return linear_attention(elu_feature_map(q), elu_feature_map(k), v, causal=self.causal,
+                                key_padding_mask=key_padding_mask, eps=self.eps, chunk_size=self.chunk_size)
+
+    def reference_attend(self, q, k, v, key_padding_mask):
+        return linear_attention_reference(elu_feature_map(q), elu_feature_map(k), v, causal=self.causal,
+                                          key_padding_mask=key_padding_mask, eps=self.eps)
 
     def core_flops(self, batch: int, len_q: int, len_k: int) -> int:
-        d, h = self.head_dim, self.num_heads
-        if self.causal:
-            return causal_linear_flops(batch, h, len_q, d, d + 1, self.chunk_size) + batch * len_q * self.dim
-        # φ(K)ᵀ[V 1]: 2·Lk·Dh·(Dh+1); φ(Q)·that: 2·Lq·Dh·(Dh+1); the division: Lq·Dh, per head.
-        return batch * h * (2 * len_k * d * (d + 1) + 2 * len_q * d * (d + 1) + len_q * d)
+        d = self.head_dim  # F = Dh features
+        return linear_attention_flops(batch, self.num_heads, len_q, len_k, d, d, causal=self.causal,
+                                      chunk_size=self.chunk_size)
 
     def state_size(self, seq_len: int) -> int:
         # S (Dh×Dh) and z (Dh) per head

@@ -7,9 +7,11 @@ E, F ∈ ℝ^{max_len×k} (shared by the heads, as in the paper's headwise shari
     O = softmax(Q K̄ᵀ / √Dh) V̄        (B, H, Lq, Dh)   scores (B, H, Lq, k): no L×L tensor
 
 The length is bounded by `max_len` (a sequence of Lk <= max_len uses E[:Lk]). Padded keys and
-values are zeroed before the projection, so they add nothing. Each projected row mixes every
-position, so causal self is impossible; cross works with keys from the source (Lk <= max_len),
-and causal cross holds because queries never interact.
+values are zeroed before the projection (`cab.ops.zero_padding`), so they add nothing; the attention
+over the k projected rows is `cab.ops.softmax_attention` (no mask: every projected row is real).
+No reference form: the computation above is already the plain one (nothing is chunked or fused).
+Each projected row mixes every position, so causal self is impossible; cross works with keys from
+the source (Lk <= max_len), and causal cross holds because queries never interact.
 Defaults: k = 256 (paper); max_len: the task's longest key length in a run (cab.task.AttentionFactory)
 and the point's length in `cab bench`, as the paper sizes E and F to n; 16384 if built directly.
 FLOPs per head: 2·Lk·k·Dh twice (projections), 2·Lq·k·Dh twice (QK̄ᵀ and P·V̄).
@@ -21,7 +23,7 @@ import torch
 from torch import nn
 
 from cab import MultiHeadAttention, Pattern, register_attention
-from cab.attention import zero_padded_keys
+from cab.ops import softmax_attention, softmax_attention_flops, zero_padding
 
 
 @register_attention(
@@ -41,18 +43,18 @@ class LinformerAttention(MultiHeadAttention):
         len_k = k.shape[-2]
         if len_k > self.max_len:
             raise ValueError(f"linformer: key length {len_k} exceeds max_len {self.max_len}")
-        k = zero_padded_keys(k, key_padding_mask)
-        v = zero_padded_keys(v, key_padding_mask)
+        k = zero_padding(k, key_padding_mask)  # padded keys and values add nothing to the projections
+        v = zero_padding(v, key_padding_mask)
         e = self.e_proj[:len_k].to(k.dtype)  # (Lk, k)
         f = self.f_proj[:len_k].to(v.dtype)
         k_bar = torch.einsum("bhld,lk->bhkd", k, e)  # (B, H, k, Dh)
         v_bar = torch.einsum("bhld,lk->bhkd", v, f)
-        scores = (q * self.head_dim**-0.5) @ k_bar.transpose(-1, -2)  # (B, H, Lq, k)
-        return torch.softmax(scores, dim=-1) @ v_bar  # (B, H, Lq, Dh)
+        return softmax_attention(q, k_bar, v_bar)  # softmax(Q K̄ᵀ/√Dh) V̄: (B, H, Lq, Dh), scores (B, H, Lq, k)
 
     def core_flops(self, batch: int, len_q: int, len_k: int) -> int:
-        k, dim = self.proj_len, self.dim
-        return batch * (2 * 2 * len_k * k * dim + 2 * 2 * len_q * k * dim)
+        k, d, h = self.proj_len, self.head_dim, self.num_heads
+        projections = batch * h * 2 * 2 * len_k * k * d  # Eᵀ K and Fᵀ V
+        return projections + softmax_attention_flops(batch, h, len_q, k, d, d)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", proj_len={self.proj_len}, max_len={self.max_len}"

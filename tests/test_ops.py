@@ -201,6 +201,13 @@ def make_causal_pool(g, segments):
     return dict(t=rand(g, B, H, L, D), keep=~padding(g), num_segments=segments)
 
 
+def causal_pool_chunked(t, keep, num_segments, chunk=5):
+    """causal_segment_means in chunks of queries from one rank_prefix (how aggregated pools)."""
+    prefix = ops.rank_prefix(t, keep)
+    parts = [ops.causal_segment_means_of(prefix, num_segments, s, min(s + chunk, L)) for s in range(0, L, chunk)]
+    return torch.cat([m for m, _ in parts], dim=2), torch.cat([v for _, v in parts], dim=1)
+
+
 def make_prefix(g, layout):
     keep = ~padding(g)
     if layout == "BHLD":
@@ -265,10 +272,15 @@ def _cases():
                   lambda g: make_window(g, WINDOWS["halo"], "valid-per-head")))
     cases.append(("window-no-mask", window_fast, window_reference,
                   lambda g: make_window(g, WINDOWS["asymmetric"], None)))
+    for name in ("halo-causal", "lsda-groups-causal", "zoology-wide"):  # no key mask: empty-row zeroing skipped
+        cases.append((f"window-{name}-no-mask", window_fast, window_reference,
+                      lambda g, s=WINDOWS[name]: make_window(g, s, None)))
     for exact in (True, False):  # Reformer in sorted order: buckets as labels, its self score
         spec = dict(before=8, after=0 if exact else 8, block=8, exact=exact)
         cases.append((f"window-reformer-exact={exact}", window_fast, window_reference,
                       lambda g, s=spec: make_window(g, s, labels=True, self_score=-5.0)))
+        cases.append((f"window-reformer-exact={exact}-no-mask", window_fast, window_reference,
+                      lambda g, s=spec: make_window(g, s, None, labels=True, self_score=-5.0)))
     cases.append(("unfold_windows", unfold_fast, unfold_reference, lambda g: make_unfold(g, 4, 4, 0, L)))
     cases.append(("unfold_windows-causal-slice", unfold_fast, unfold_reference, lambda g: make_unfold(g, 8, 0, 5, 30)))
     for kind in ops.DECAY_KINDS:
@@ -295,6 +307,9 @@ def _cases():
         cases.append((f"segment_weights-S={segments}", weights_fast, weights_reference,
                       lambda g, s=segments: make_pool(g, s, True)))
         cases.append((f"causal_segment_means-S={segments}", ops.causal_segment_means,
+                      ops.causal_segment_means_reference,
+                      lambda g, s=segments: make_causal_pool(g, s)))
+        cases.append((f"causal_segment_means_of-chunked-S={segments}", causal_pool_chunked,
                       ops.causal_segment_means_reference,
                       lambda g, s=segments: make_causal_pool(g, s)))
     for layout in ("BHLD", "BLHD"):
@@ -472,6 +487,40 @@ def test_recurrence_is_mambas_selective_scan():
     out, state = ops.causal_recurrence(q, k, v, log_decay, chunk_size=8, return_final_state=True)
     torch.testing.assert_close(out[..., 0].transpose(1, 2), torch.stack(ys, dim=1), **TOL)
     torch.testing.assert_close(state[..., 0], h, **TOL)
+    factored = ops.causal_recurrence(q, k, v, (delta.transpose(1, 2), A), return_final_state=True)  # g never built
+    torch.testing.assert_close(factored[0], out, **TOL)
+    torch.testing.assert_close(factored[1], state, **TOL)
+
+
+@pytest.mark.parametrize("decay", ["full", "factored", "broadcast"])
+@pytest.mark.parametrize("shared, with_state, blocks", [(True, False, None), (False, True, "kept"),
+                                                        (True, True, "recomputed")])
+def test_recurrence_dv1_gradients_equal_reference(monkeypatch, decay, shared, with_state, blocks):
+    """The Dv = 1 per-channel step loop has a hand-written backward: every gradient equals autograd's through
+    the reference loop, also over blocks of positions whose states are kept, or recomputed (long inputs)."""
+    import cab.ops.recurrence as rec
+
+    if blocks:  # blocks of 5 positions
+        monkeypatch.setattr(rec, "SCAN_BLOCK_ELEMENTS", 5 * B * H * D)
+        if blocks == "recomputed":
+            monkeypatch.setattr(rec, "SCAN_KEEP_ELEMENTS", 10)
+    g = torch.Generator().manual_seed(21)
+    heads = 1 if shared else H
+    q, k = rand(g, B, heads, L, D), rand(g, B, heads, L, D)
+    v, s0 = rand(g, B, H, L, 1), rand(g, B, H, D, 1) if with_state else None
+    delta, rates = torch.rand(B, H, L, generator=g, dtype=DT), -3 * torch.rand(H, D, generator=g, dtype=DT)
+    log_decay = {"full": lambda: delta[..., None] * rates[:, None, :], "factored": lambda: (delta, rates),
+                 "broadcast": lambda: -2 * torch.rand(1, H, L, D, generator=g, dtype=DT)}[decay]()
+    leaves = [t.requires_grad_(True) for t in (q, k, v, s0, *(log_decay if decay == "factored" else (log_decay,)))
+              if t is not None]
+    w_out, w_state = rand(g, B, H, L, 1), rand(g, B, H, D, 1)
+    grads = []
+    for fn in (ops.causal_recurrence, ops.causal_recurrence_reference):
+        extra = dict(return_final_state=True) if fn is ops.causal_recurrence else {}
+        out, state = fn(q, k, v, log_decay, initial_state=s0, **extra)
+        grads.append(torch.autograd.grad((out * w_out).sum() + (state * w_state).sum(), leaves))
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, **TOL)
 
 
 def test_log_decay_from_cumulative_and_kinds():
@@ -612,4 +661,24 @@ def test_flops_linear(causal):
     inputs = make_linear(g, causal, True, "position" if causal else "none")
     decay = "position" if causal else "none"
     want = ops.linear_attention_flops(B, H, L, L, D, 5, causal=causal, chunk_size=8, decay=decay)
+    assert counted(ops.linear_attention, **inputs) == want
+
+
+@pytest.mark.parametrize("kind", ops.DECAY_KINDS)
+def test_linear_attention_segments_carry_the_state(monkeypatch, kind):
+    """Causal linear attention in segments of whole chunks (SEGMENT = 16 here: 3 segments of L = 37, the last
+    partial) equals one recurrence over the whole length: outputs, final state (from an initial one), FLOPs."""
+    import cab.ops.linear as linear_module
+
+    g = torch.Generator().manual_seed(14)
+    inputs = make_linear(g, True, True, kind)
+    inputs["chunk_size"] = 8
+    s0 = rand(g, B, H, D, 6)  # (B, H, F, Dv + 1)
+    whole = ops.linear_attention(**inputs, initial_state=s0, return_final_state=True)  # SEGMENT >= L: one piece
+    monkeypatch.setattr(linear_module, "SEGMENT", 16)
+    pieces = ops.linear_attention(**inputs, initial_state=s0, return_final_state=True)
+    for a, b in zip(pieces, whole):
+        torch.testing.assert_close(a, b, **TOL)
+    torch.testing.assert_close(pieces[0], linear_reference(**inputs, initial_state=s0), **TOL)
+    want = ops.linear_attention_flops(B, H, L, L, D, 5, causal=True, chunk_size=8, decay=kind)
     assert counted(ops.linear_attention, **inputs) == want

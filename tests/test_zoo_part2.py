@@ -4,8 +4,6 @@ tensors their recurrences carry, and stated FLOPs against FlopCounterMode."""
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -13,7 +11,6 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from cab import Pattern, attention_spec, build_attention
-from cab.kernels import quadratic_causal_linear_attention
 
 DT = torch.float64
 NAMES = ["lightning", "agent", "flowformer", "moh", "routing", "landmark", "gaussian", "based", "mamba", "sliding_window"]
@@ -39,13 +36,34 @@ def qkv(layer, x, context=None):
 @pytest.mark.parametrize("length", [32, 37, 83])
 @pytest.mark.parametrize("decay", [True, False])
 def test_lightning_block_form_equals_quadratic(length, decay):
-    layer = make("lightning", "causal_self", block_size=8, decay=decay, segment_blocks=3)  # several segments
+    """Several blocks and segments (the contract test's short inputs fit in one block): the state carried
+    across segments equals the layer's quadratic reference, with per-row padding."""
+    layer = make("lightning", "causal_self", block_size=8, decay=decay, segment_blocks=3)
     q, k, v = qkv(layer, rand(2, length, 32))
+    mask = torch.zeros(2, length, dtype=torch.bool)
+    mask[1, length - 5 :] = True
     with torch.no_grad():
-        block = layer.linear_core(q, k, v, None)
-        lam = layer.decay if decay else None
-        quad = quadratic_causal_linear_attention(F.silu(q), F.silu(k), v, lam)
-    torch.testing.assert_close(block, quad, atol=1e-10, rtol=1e-10)
+        for m in (None, mask):
+            got, want = layer.attend(q, k, v, m), layer.reference_attend(q, k, v, m)
+            keep = slice(None) if m is None else ~m
+            torch.testing.assert_close(got.transpose(1, 2)[keep], want.transpose(1, 2)[keep], atol=1e-10, rtol=1e-10)
+
+
+@pytest.mark.parametrize("heads,slopes", [
+    (1, [2**-8]),
+    (4, [2**-2, 2**-4, 2**-6, 2**-8]),
+    (8, [2**-1, 2**-2, 2**-3, 2**-4, 2**-5, 2**-6, 2**-7, 2**-8]),
+    (6, [2**-2, 2**-4, 2**-6, 2**-8, 2**-1, 2**-3]),  # ALiBi's rule: 4 heads' slopes, then 8 heads' at 0, 2
+    (3, [2**-4, 2**-8, 2**-2]),  # 2 heads' slopes, then 4 heads' at index 0
+])
+def test_lightning_decay_is_exp_of_minus_the_alibi_slopes(heads, slopes):
+    """λ_h = exp(-s_h), s_h the slopes of Lightning Attention's code (`_build_slope_tensor`): 2^(-8h/H)."""
+    from cab.attentions.lightning import lightning_decay
+
+    want = torch.exp(-torch.tensor(slopes, dtype=DT))
+    torch.testing.assert_close(lightning_decay(heads), want, atol=0, rtol=1e-15)
+    layer = make("lightning", "causal_self", dim=8 * heads, heads=heads)
+    torch.testing.assert_close(layer.decay, want, atol=0, rtol=1e-15)
 
 
 def test_lightning_noncausal_has_no_decay_and_rejects_it():
@@ -57,32 +75,18 @@ def test_lightning_noncausal_has_no_decay_and_rejects_it():
 # -- based --------------------------------------------------------------------------------------
 
 
-def test_based_taylor_feature_map():
-    from cab.attentions.based import taylor_feature_map, taylor_feature_size
-
-    a, b = rand(5, 16, seed=2), rand(5, 16, seed=3)
-    s = (a * b).sum(-1) / math.sqrt(16)
-    phi_a, phi_b = taylor_feature_map(a), taylor_feature_map(b)
-    assert phi_a.shape[-1] == taylor_feature_size(16) == 153
-    torch.testing.assert_close((phi_a * phi_b).sum(-1), 1 + s + s**2 / 2)
-
-
 @pytest.mark.parametrize("pattern", ["causal_self", "noncausal_self", "noncausal_cross"])
-def test_based_linear_part_equals_quadratic(pattern):
-    from cab.attentions.based import taylor_feature_map
-
-    layer = make("based", pattern, feature_dim=8, chunk_size=8)
+def test_based_chunked_equals_reference(pattern):
+    """Several chunks and window blocks (the contract test's short inputs fit in one chunk), with padding."""
+    layer = make("based", pattern, feature_dim=8, chunk_size=8, window=5)
     x, ctx = rand(2, 29, 32), (rand(2, 21, 32, seed=4) if "cross" in pattern else None)
-    src = x if ctx is None else ctx
-    fq, fk = layer.features(layer.fq_proj(x)), layer.features(layer.fk_proj(src))
-    v = layer.split_heads(layer.v_proj(src))
+    mask = torch.zeros(2, 21 if ctx is not None else 29, dtype=torch.bool)
+    mask[1, -4:] = True
     with torch.no_grad():
-        got = layer.linear_part(fq, fk, v, None)
-        a = taylor_feature_map(fq) @ taylor_feature_map(fk).transpose(-1, -2)  # (B, H, Lq, Lk)
-        if layer.causal:
-            a = a * torch.ones(a.shape[-2:], dtype=DT).tril()
-        want = (a @ v) / (a.sum(-1, keepdim=True) + layer.eps)
-    torch.testing.assert_close(got, want, atol=1e-10, rtol=1e-10)
+        for m in (None, mask):
+            got, want = layer(x, ctx, m), layer.reference_forward(x, ctx, m)
+            keep = slice(None) if m is None or ctx is not None else ~m
+            torch.testing.assert_close(got[keep], want[keep], atol=1e-10, rtol=1e-10)
 
 
 # -- sliding window -----------------------------------------------------------------------------
@@ -90,22 +94,24 @@ def test_based_linear_part_equals_quadratic(pattern):
 
 @pytest.mark.parametrize("causal", [True, False])
 @pytest.mark.parametrize("window", [1, 4, 7])
-def test_sliding_window_equals_banded_dense(causal, window):
+def test_sliding_window_equals_its_reference_at_small_windows(causal, window):
+    """The registry-wide reference test runs the default window (64), longer than its sequences."""
     layer = make("sliding_window", "causal_self" if causal else "noncausal_self", window=window)
-    q, k, v = qkv(layer, rand(2, 23, 32))
-    i = torch.arange(23)
-    diff = i[:, None] - i[None, :]
-    band = ((diff >= 0) & (diff <= window)) if causal else diff.abs() <= window
+    x = rand(2, 23, 32)
+    mask = torch.zeros(2, 23, dtype=torch.bool)
+    mask[1, 19:] = True
     with torch.no_grad():
-        want = F.scaled_dot_product_attention(q, k, v, attn_mask=band)
-        torch.testing.assert_close(layer.attend(q, k, v, None), want, atol=1e-10, rtol=1e-10)
+        torch.testing.assert_close(layer(x), layer.reference_forward(x), atol=1e-10, rtol=1e-10)
+        got, want = layer(x, key_padding_mask=mask), layer.reference_forward(x, key_padding_mask=mask)
+        torch.testing.assert_close(got[~mask], want[~mask], atol=1e-10, rtol=1e-10)
 
 
 # -- mamba --------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("length,chunk,segment", [(40, 8, 32), (37, 8, 32), (5, 16, 32), (53, 4, 3)])
-def test_mamba_chunked_scan_equals_recurrence(length, chunk, segment):
+@pytest.mark.parametrize("length", [40, 37, 5, 1])
+def test_mamba_scan_equals_recurrence(length):
+    """The scan through cab.ops (its hand-written backward included) equals the step loop, values and gradients."""
     from cab.attentions.mamba import selective_scan, selective_scan_reference
 
     e, n = 6, 4
@@ -113,8 +119,14 @@ def test_mamba_chunked_scan_equals_recurrence(length, chunk, segment):
     delta = F.softplus(rand(2, length, e, seed=8))
     a = -torch.exp(rand(e, n, seed=9))
     d = rand(e, seed=10)
-    want, _ = selective_scan_reference(u, delta, a, bm, cm, d)
-    torch.testing.assert_close(selective_scan(u, delta, a, bm, cm, d, chunk, segment), want, atol=1e-10, rtol=1e-10)
+    leaves = [t.requires_grad_(True) for t in (u, delta, a, bm, cm, d)]
+    weights = rand(2, length, e, seed=11)
+    want = selective_scan_reference(u, delta, a, bm, cm, d)[0]
+    got = selective_scan(u, delta, a, bm, cm, d)
+    torch.testing.assert_close(got, want, atol=1e-10, rtol=1e-10)
+    grads = [torch.autograd.grad((y * weights).sum(), leaves) for y in (got, want)]
+    for g, w in zip(*grads):
+        torch.testing.assert_close(g, w, atol=1e-10, rtol=1e-10)
 
 
 # -- selection with everything selected equals dense --------------------------------------------
@@ -134,40 +146,38 @@ def test_routing_all_regions_equals_dense(pattern):
     torch.testing.assert_close(got[1, :, :30], want[1, :, :30], atol=1e-10, rtol=1e-10)
 
 
-def landmark_reference(layer, q, k, v):
-    """The grouped softmax with every block retrievable, as explicit L×L matrices."""
-    b, h, length, d = q.shape
-    ell = layer.block_size
-    blk = torch.arange(length) // ell
-    n = int(blk.max()) + 1
-    member = F.one_hot(blk, n).to(DT)  # (L, n)
-    lk = (member.T @ k) / member.sum(0)[:, None] + layer.landmark[None, :, None]  # (B, H, n, Dh)
-    s = q @ k.transpose(-1, -2) / math.sqrt(d)  # (B, H, L, L)
-    land = q @ lk.transpose(-1, -2) / math.sqrt(d)  # (B, H, L, n)
-    same = blk[:, None] == blk[None, :]
-    own_ok = same & (torch.ones(length, length, dtype=torch.bool).tril() if layer.causal else True)
-    other = (blk[None, :] < blk[:, None]) if layer.causal else ~same  # (L, L): j in a retrievable block
-    land_ok = (torch.arange(n)[None, :] < blk[:, None]) if layer.causal else (torch.arange(n)[None, :] != blk[:, None])
-    logits = torch.cat([land.masked_fill(~land_ok, -torch.inf), s.masked_fill(~own_ok, -torch.inf)], dim=-1)
-    w = torch.softmax(logits, dim=-1)
-    w_land, w_own = w[..., :n], w[..., n:]
-    # p_g(j) for j in block g: softmax of s over the tokens of block g, for every query
-    p = torch.zeros_like(s)
-    for g in range(n):
-        cols = blk == g
-        p[..., cols] = torch.softmax(s[..., cols], dim=-1)
-    weights = w_own + (w_land @ member.T) * p * other.to(DT)
-    return weights @ v
+@pytest.mark.parametrize("pattern", ["causal_self", "noncausal_self"])
+def test_routing_equals_its_reference_with_several_regions(pattern):
+    """The registry-wide reference test runs the default region (64), one region at its lengths; here
+    top-2 routing among 5 regions, with padding (row 1's last region is all padding)."""
+    layer = make("routing", pattern, region_size=8, topk=2)
+    x = rand(2, 37, 32)
+    mask = torch.zeros(2, 37, dtype=torch.bool)
+    mask[1, 30:] = True
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), layer.reference_forward(x), atol=1e-10, rtol=1e-10)
+        got, want = layer(x, key_padding_mask=mask), layer.reference_forward(x, key_padding_mask=mask)
+        torch.testing.assert_close(got[~mask], want[~mask], atol=1e-10, rtol=1e-10)
 
 
 @pytest.mark.parametrize("pattern", ["causal_self", "noncausal_self"])
-@pytest.mark.parametrize("top_k", [None, 50])
-def test_landmark_all_blocks_equals_dense_grouped_softmax(pattern, top_k):
+@pytest.mark.parametrize("top_k", [None, 2, 50])
+@pytest.mark.parametrize("dense_max_keys", [0, 10_000])
+def test_landmark_equals_its_reference_with_several_blocks(monkeypatch, pattern, top_k, dense_max_keys):
+    """The registry-wide reference test runs the default block (50), one block at its lengths; here
+    several blocks, retrieval of all or of the top k, padding, the gathered and the dense read."""
+    import cab.attentions.landmark as landmark_module
+
+    monkeypatch.setattr(landmark_module, "DENSE_MAX_KEYS", dense_max_keys)
     layer = make("landmark", pattern, block_size=6, top_k=top_k, query_chunk=12)
+    x = rand(2, 33, 32)
+    mask = torch.zeros(2, 33, dtype=torch.bool)
+    mask[1, 20:] = True  # the last two blocks of row 1 are all padding
     with torch.no_grad():
         layer.landmark.normal_()
-        q, k, v = qkv(layer, rand(2, 33, 32))
-        torch.testing.assert_close(layer.attend(q, k, v, None), landmark_reference(layer, q, k, v), atol=1e-10, rtol=1e-10)
+        torch.testing.assert_close(layer(x), layer.reference_forward(x), atol=1e-10, rtol=1e-10)
+        got, want = layer(x, key_padding_mask=mask), layer.reference_forward(x, key_padding_mask=mask)
+        torch.testing.assert_close(got[~mask], want[~mask], atol=1e-10, rtol=1e-10)
 
 
 @pytest.mark.parametrize("pattern", ["causal_self", "noncausal_self"])
@@ -243,7 +253,7 @@ def test_lightning_state_is_what_its_recurrence_carries():
 
 
 def test_based_and_sliding_window_state_is_what_decoding_carries():
-    from cab.attentions.based import taylor_feature_map
+    from cab.ops import taylor_feature_map
 
     window = 5
     layer = make("based", "causal_self", feature_dim=4, window=window)
@@ -341,6 +351,23 @@ def test_gaussian_state_is_what_its_recurrence_carries():
             outs.append(vt * torch.exp(logm - c["logz"]))
         torch.testing.assert_close(layer.out_proj(torch.stack(outs, 1).reshape(2, 9, 32)), layer(x))
     assert layer.state_size(9) == sum(t[0].numel() for t in c.values())
+
+
+# -- agent ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("num_agents", [4, 7])
+def test_agent_equals_its_reference_with_few_agents(num_agents):
+    """Fewer agents than real tokens, bins of unequal size (the registry-wide reference test runs 49 agents on
+    shorter inputs, where every agent is a single repeated query)."""
+    layer = make("agent", "noncausal_self", num_agents=num_agents)
+    x = rand(2, 23, 32)
+    mask = torch.zeros(2, 23, dtype=torch.bool)
+    mask[1, 17:] = True
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), layer.reference_forward(x), atol=1e-10, rtol=1e-10)
+        got, want = layer(x, key_padding_mask=mask), layer.reference_forward(x, key_padding_mask=mask)
+        torch.testing.assert_close(got[~mask], want[~mask], atol=1e-10, rtol=1e-10)
 
 
 # -- FLOPs ----------------------------------------------------------------------------------------

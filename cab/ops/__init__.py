@@ -26,7 +26,8 @@ linear_attention (+_flops)                      linear        linear, based, cos
   (linear_attention_reference: quadratic form)                flowformer with normalize=False
 segment_weights, segment_means, segment_ids,    pooling       nystromformer, lara, agent, aggregated, lookup
   segment_bounds (segment_means_reference)
-causal_segment_means (…_reference)              pooling       aggregated (causal pooled tokens)
+causal_segment_means (…_reference)              pooling       aggregated (causal pooled tokens, in chunks of
+  rank_prefix, causal_segment_means_of                        queries: the prefix once, then per chunk)
 causal_prefix_mean                              pooling       gaussian (causal running statistics)
 elu / relu / silu_feature_map                   feature_maps  linear / cosformer / lightning
 taylor_feature_map, taylor_feature_size         feature_maps  based (identity 1 + s + s²/2 tested)
@@ -62,9 +63,12 @@ from .masking import (
     zero_padding,
 )
 from .pooling import (
+    RankPrefix,
     causal_prefix_mean,
     causal_segment_means,
+    causal_segment_means_of,
     causal_segment_means_reference,
+    rank_prefix,
     segment_bounds,
     segment_ids,
     segment_means,
@@ -90,12 +94,14 @@ from .windows import (
 )
 
 __all__ = [
-    "DECAY_KINDS", "allowed_mask", "causal_mask", "causal_prefix_mean", "causal_recurrence", "causal_recurrence_flops",
-    "causal_recurrence_reference", "causal_segment_means", "causal_segment_means_reference", "ceil_div",
+    "DECAY_KINDS", "RankPrefix", "allowed_mask", "causal_mask", "causal_prefix_mean", "causal_recurrence",
+    "causal_recurrence_flops", "causal_recurrence_reference", "causal_segment_means", "causal_segment_means_of",
+    "causal_segment_means_reference", "ceil_div",
     "cosformer_feature_map", "decay_kind", "elu_feature_map", "favor_key_features", "favor_log_features",
     "favor_query_features", "keep_mask", "linear_attention", "linear_attention_flops", "linear_attention_reference",
     "log_decay_from_cumulative", "masked_softmax", "masked_softmax_lse", "merge_softmax_parts", "orthogonal_gaussian",
-    "pad_to_multiple", "relu_feature_map", "sdpa_mask", "segment_bounds", "segment_ids", "segment_means",
+    "pad_to_multiple", "rank_prefix", "relu_feature_map", "sdpa_mask", "segment_bounds", "segment_ids",
+    "segment_means",
     "segment_means_reference", "segment_weights", "silu_feature_map", "softmax_attention", "softmax_attention_flops",
     "taylor_feature_map", "taylor_feature_size", "unfold_windows", "window_allowed", "window_attention",
     "window_attention_flops", "window_block_size", "window_valid", "zero_padding",
