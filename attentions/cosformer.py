@@ -14,7 +14,7 @@ the real, unpadded lengths, so appended padding changes nothing). Causal self: t
 total length, which leaks the future (CAB marks causal ✗); here M = `max_len`, fixed when the layer
 is built, so the re-weighting does not depend on the sequence length (sequences must not exceed
 max_len; cos stays >= 0 for |i-j| <= M). In a run, max_len is the task's longest sequence
-(cab.task.AttentionFactory), the paper's M for a fixed-length task; built directly, 16384.
+(cab.run.factory.AttentionFactory), the paper's M for a fixed-length task; built directly, 16384.
 Causal cross is unsupported: with M = max(Lq, Lk) each output depends on the number of queries.
 Reference: the pairwise form A_ij = ReLU(q_i)·ReLU(k_j)·cos(π(i-j)/2M) as a masked Lq×Lk matrix,
 O = A V / (A 1 + eps).

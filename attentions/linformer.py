@@ -12,7 +12,7 @@ over the k projected rows is `cab.ops.softmax_attention` (no mask: every project
 No reference form: the computation above is already the plain one (nothing is chunked or fused).
 Each projected row mixes every position, so causal self is impossible; cross works with keys from
 the source (Lk <= max_len), and causal cross holds because queries never interact.
-Defaults: k = 256 (paper); max_len: the task's longest key length in a run (cab.task.AttentionFactory)
+Defaults: k = 256 (paper); max_len: the task's longest key length in a run (cab.run.factory.AttentionFactory)
 and the point's length in `cab bench`, as the paper sizes E and F to n; 16384 if built directly.
 FLOPs per head: 2·Lk·k·Dh twice (projections), 2·Lq·k·Dh twice (QK̄ᵀ and P·V̄).
 """

@@ -6,13 +6,16 @@
    processes, median of several.
 2. Training throughput (tokens/s) of `cab run`'s training loop (cab.run.runner.run_job) against a bare
    PyTorch loop that trains the same model (same task code, same batches, same optimizer and
-   schedule) for the same number of steps, alternating the two, median of the repeats.
+   schedule) for the same number of steps, alternating the two, median of the repeats. The bare loop
+   runs twice per repeat: with the allocator as it is, and inside `held_heap`, the policy `cab run`
+   applies with `cpu_allocator=held`, so the harness is also compared like for like.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import platform
 import statistics
 import subprocess
@@ -77,7 +80,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads for both loops (default: torch's)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     from conftest import compose
 
@@ -91,16 +97,25 @@ def main() -> None:
         smoke_times = wall(smoke, max(3, args.repeats // 2))
 
         config = compose(["attention=softmax", "task=mqar", "pattern=causal_self", "trainer=cpu",
-                          f"trainer.steps={args.steps}", f"results_dir={tmp}", "force=true"])
-        harness, bare = [], []
+                          f"trainer.steps={args.steps}", f"results_dir={tmp}", "force=true",
+                          *([f"threads={args.threads}"] if args.threads else [])])
+        from cab.bench.measure import held_heap
+
+        harness, bare, bare_held, policies = [], [], [], set()
         for _ in range(args.repeats):
-            harness.append(run_job(config)["cost"]["tokens_per_second"])
+            record = run_job(config)
+            harness.append(record["cost"]["tokens_per_second"])
+            policies.add(record["allocator"])
             bare.append(bare_loop(config))
+            with held_heap("cpu"):
+                bare_held.append(bare_loop(config))
     ratio = statistics.median(harness) / statistics.median(bare)
+    ratio_held = statistics.median(harness) / statistics.median(bare_held)
+    paired = [h / b for h, b in zip(harness, bare)]  # each harness run against the bare run right after it
     lines = [
         "# Harness overhead and start-up time",
         "",
-        f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, python {platform.python_version()}; "
+        f"{platform.machine()}, {torch.get_num_threads()} thread{'s' if torch.get_num_threads() != 1 else ''}, torch {torch.__version__}, python {platform.python_version()}; "
         f"`python {' '.join(sys.argv)}`",
         "",
         "| measurement | median | all runs |",
@@ -111,7 +126,16 @@ def main() -> None:
         f"| `cab run` training throughput, MQAR cpu scale, {args.steps} steps | {statistics.median(harness):,.0f} tokens/s | "
         f"{', '.join(f'{t:,.0f}' for t in harness)} |",
         f"| bare PyTorch loop, same model and batches | {statistics.median(bare):,.0f} tokens/s | {', '.join(f'{t:,.0f}' for t in bare)} |",
+        f"| bare PyTorch loop inside `held_heap` (the allocator policy `cab run` can use) | "
+        f"{statistics.median(bare_held):,.0f} tokens/s | {', '.join(f'{t:,.0f}' for t in bare_held)} |",
         f"| ratio cab / bare (target ≥ 0.95) | **{ratio:.3f}** | |",
+        f"| ratio cab / bare, run by run (each harness run against the bare run right after it) | "
+        f"{statistics.median(paired):.3f} | {', '.join(f'{x:.3f}' for x in paired)} |",
+        f"| ratio cab / bare inside `held_heap` | {ratio_held:.3f} | |",
+        "",
+        f"`cab run` ran with the record's `allocator` = {', '.join(f'`{p}`' for p in sorted(map(str, policies)))} "
+        f"(the config's default `cpu_allocator`); machine load average (1 min) at the end: {os.getloadavg()[0]:.2f} on "
+        f"{os.cpu_count()} cores.",
     ]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")

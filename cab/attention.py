@@ -169,17 +169,3 @@ def exact_attention_flops(batch: int, len_q: int, len_k: int, dim: int, causal: 
     passes causal=False: its algorithm does the full work."""
     pairs = len_q * (len_q + 1) // 2 if causal else len_q * len_k
     return 4 * batch * pairs * dim
-
-
-def masked_fill_padding(scores: torch.Tensor, key_padding_mask: torch.Tensor | None) -> torch.Tensor:
-    """scores: (B, H, Lq, Lk); key_padding_mask: (B, Lk), True = padding -> -inf there."""
-    if key_padding_mask is None:
-        return scores
-    return scores.masked_fill(key_padding_mask[:, None, None, :], float("-inf"))
-
-
-def zero_padded_keys(t: torch.Tensor, key_padding_mask: torch.Tensor | None) -> torch.Tensor:
-    """Zero the padded positions of a (B, H, Lk, X) tensor: the way kernelised methods drop padding."""
-    if key_padding_mask is None:
-        return t
-    return t.masked_fill(key_padding_mask[:, None, :, None], 0.0)

@@ -4,6 +4,7 @@
     cab bench [-m] attention=NAME pattern=PATTERN [lengths=[...]]
     cab bench table --results DIR --out FILE.md
     cab list
+    cab data list | download [NAME...] [--dir DIR]
     cab leaderboard build [--results DIR] [--out DIR]
     cab leaderboard serve [--dir DIR] [--port N]
 
@@ -28,8 +29,18 @@ Examples:
     cab run attention=softmax --cfg job          # show the resolved config
     cab leaderboard build --results results --out site
 
-Docs: README.md and docs/ (adding an attention or a task, clusters, reading results, record schema).
+Docs: {{docs}} (adding an attention or a task, clusters, reading results, record schema, real tasks' data).
 """
+
+
+def _docs() -> str:
+    """Where the docs are: installed with the package as `cab.docs` (the repository's docs/)."""
+    try:
+        from importlib.resources import files
+
+        return str(files("cab.docs"))
+    except (ImportError, TypeError):  # pragma: no cover - an install without them
+        return "docs/ in the source repository"
 
 
 def _fail(message: str, code: int = 2) -> int:
@@ -40,7 +51,7 @@ def _fail(message: str, code: int = 2) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
-        print(HELP)
+        print(HELP.format(docs=_docs()))
         return 0
     command, rest = argv[0], argv[1:]
     from cab.registry import ChoiceError
@@ -61,14 +72,18 @@ def main(argv: list[str] | None = None) -> int:
             from cab.leaderboard.cli import main as leaderboard_main
 
             return leaderboard_main(rest)
+        if command == "data":
+            from cab.download import main as data_main
+
+            return data_main(rest)
     except ChoiceError as exc:
         return _fail(str(exc))
-    return _fail(f"unknown command {command!r}; valid commands: run, bench, list, leaderboard")
+    return _fail(f"unknown command {command!r}; valid commands: run, bench, list, data, leaderboard")
 
 
 def _run(args: list[str]) -> int:
     if any(a in ("-h", "--help") for a in args):
-        print(HELP)
+        print(HELP.format(docs=_docs()))
         return 0
     from cab.config import check_overrides, preimport, register_configs
 

@@ -25,6 +25,16 @@ class ChoiceError(ValueError):
     """A bad name or pattern; its message is one line that lists the valid choices."""
 
 
+class ParamError(ValueError):
+    """A bad config value for one key, raised by a schema's check (`Task.check_params`, cab/schema.py)
+    before any job starts: `ParamError("seq_len", "must be even")`."""
+
+    def __init__(self, key: str, message: str):
+        super().__init__(f"{key}: {message}")
+        self.key = key
+        self.message = message
+
+
 @dataclass(frozen=True)
 class AttentionSpec:
     name: str
@@ -136,7 +146,7 @@ def register_attention(
 
 # A hyperparameter of this name bounds the sequence length an attention is defined for (Linformer's
 # E and F, cosFormer's causal M). In a run it defaults to the task's longest key length
-# (cab.task.AttentionFactory); built directly, the class default applies.
+# (cab.run.factory.AttentionFactory); built directly, the class default applies.
 LENGTH_HPARAM = "max_len"
 
 

@@ -16,12 +16,14 @@ layers whose role is the pattern under test and softmax for every other attentio
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, ClassVar, Iterator
 
 import torch
 from torch import nn
 
+from cab.gates import GATES, Gate
 from cab.patterns import Pattern
+from cab.registry import ParamError  # noqa: F401 - raised by check_params
 
 if TYPE_CHECKING:  # the harness builds the factory; a task only calls it
     from cab.run.factory import AttentionFactory
@@ -50,6 +52,21 @@ class Task:
     task_name: str = "?"  # set by @register_task
     primary_metric: str = "accuracy"
     metric_info: dict[str, MetricInfo] = {}
+    # The reference gate (cab/gates.py): what softmax must reach on every seed for a leaderboard column
+    # of this task to count as learnt. None: the built-in table `cab.gates.GATES[task_name]`, if any.
+    gate: ClassVar[Gate | None] = None
+
+    # The `task` config node is checked before any job starts (cab/schema.py): types from __init__'s
+    # annotations (or defaults), ranges from these declarations, else by name (cab.schema.NAME_RULES).
+    # {name: {"ge": 1}} (ge, gt, le, lt), {"choices": [...]}, {} (no range); None: a parameter of a
+    # base class's __init__ (reached through **kwargs) that this task does not take.
+    param_constraints: ClassVar[dict[str, dict[str, Any] | None]] = {}
+
+    @classmethod
+    def check_params(cls, params: dict[str, Any]) -> None:
+        """Cross-field constraints on the task's parameters (the `task` node with defaults filled in,
+        types and ranges already checked), run before any job starts: raise `ParamError(key, message)`
+        for what no job could run with (an odd MQAR length), so a sweep fails at once, not per job."""
 
     def __init__(self, pattern: Pattern, seed: int, **params: Any):
         self.pattern = Pattern.parse(pattern)
@@ -89,6 +106,13 @@ class Task:
         raise NotImplementedError
 
     # -- optional ---------------------------------------------------------------------------------
+    @classmethod
+    def reference_gate(cls) -> Gate | None:
+        """The task's reference gate: the class's `gate`, else the built-in one for its name (the
+        built-in tasks' gates live in cab/gates.py, where the torch-free leaderboard reads them too).
+        Written into every record as `gate`."""
+        return cls.gate if cls.gate is not None else GATES.get(cls.task_name)
+
     def reference_metrics(self) -> dict[str, float]:
         """Baselines recorded beside every result (majority class, unigram, ...), name -> number."""
         return {}

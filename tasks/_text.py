@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from cab.data import data_dir as resolve_data_dir
 from cab.data import load_text
 
 SPLIT_FRACTIONS = (0.90, 0.05, 0.05)  # train, validation, test
@@ -44,7 +45,7 @@ _CORPORA: dict[tuple, CharCorpus] = {}
 def char_corpus(data_dir: str | None = None, data_url: str | None = None, data_sha256: str | None = None,
                 dataset: str = "tinyshakespeare") -> CharCorpus:
     """Load (checksum-verified, cached per process) and split a character corpus."""
-    key = (dataset, data_dir, data_url, data_sha256)
+    key = (dataset, None if data_url else str(resolve_data_dir(data_dir)), data_url, data_sha256)
     if key not in _CORPORA:
         text = load_text(dataset, data_dir, data_url, data_sha256)
         _CORPORA[key] = corpus_from_text(text)

@@ -471,6 +471,8 @@ class GCOGTask(Task):
         "accuracy/novel": MetricInfo(True, "systematic split: accuracy on test instructions never seen in training"),
         **{f"accuracy/{t}": MetricInfo(True, f"accuracy on the OOD test examples whose answer is a {t}") for t in ANSWER_TYPES},
     }
+    param_constraints = {"split": {"choices": ["distractor", "systematic", "productive"]},
+                         "model": {"choices": ["auto", "single_stream", "cross"]}}
 
     def __init__(self, pattern: Pattern, seed: int, split: str = "distractor", model: str = "auto",
                  train_examples: int = 40_000, test_examples: int = 2_000, train_distractors: list[int] = (1, 5),

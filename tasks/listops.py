@@ -32,7 +32,7 @@ from torch import nn
 
 from cab import Pattern, Task, register_task
 from cab.backbone import Block, TokenEmbedding, init_weights
-from cab.task import MetricInfo, batch_indices
+from cab.task import MetricInfo, ParamError, batch_indices
 
 TEST_SEED_OFFSET = 2**31
 
@@ -198,6 +198,14 @@ class ListOpsTask(Task):
         "accuracy": MetricInfo(True, "fraction of test expressions whose value is predicted exactly (10 classes)"),
         "loss": MetricInfo(False, "cross-entropy on the test set (nats)"),
     }
+    param_constraints = {"min_length": {"ge": 0}, "max_depth": {"ge": 1}, "max_args": {"ge": 1},
+                         "pooling": {"choices": ["cls", "mean"]}}
+
+    @classmethod
+    def check_params(cls, params: dict[str, Any]) -> None:
+        if params["max_length"] < params["min_length"] + 2:  # kept: min_length < length < max_length
+            raise ParamError("max_length", f"must be >= min_length + 2 ({params['min_length'] + 2}): "
+                                           "expressions strictly between the two are kept")
 
     def __init__(self, pattern: Pattern, seed: int, train_examples: int = 96_000, test_examples: int = 2_000,
                  min_length: int = 500, max_length: int = 2000, max_depth: int = 10, max_args: int = 10,

@@ -33,8 +33,9 @@ from torch import nn
 
 from cab import Pattern, Task, register_task
 from cab.backbone import init_weights
+from cab.data import data_dir as resolve_data_dir
 from cab.data import load_csv_columns
-from cab.task import MetricInfo, batch_indices
+from cab.task import MetricInfo, ParamError, batch_indices
 
 from ._seq import Decoder, Encoder, sinusoidal_positions
 
@@ -86,7 +87,7 @@ def load_series(dataset: str, features: str, data_dir: str | None = None, data_u
         raise ValueError(f"lstf: unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
     if features not in ("M", "S"):
         raise ValueError(f"lstf: features must be 'M' (all series) or 'S' (OT only), got {features!r}")
-    key = (dataset, features, data_dir, data_url, data_sha256)
+    key = (dataset, features, None if data_url else str(resolve_data_dir(data_dir)), data_url, data_sha256)
     if key not in _SERIES:
         table = load_csv_columns(dataset, data_dir, data_url, data_sha256)
         columns = [c for c in table if c != "date"] if features == "M" else [TARGET]
@@ -179,6 +180,13 @@ class ForecastTask(Task):
         "mse": MetricInfo(False, "mean squared error over the test windows, standardised scale"),
         "mae": MetricInfo(False, "mean absolute error over the test windows, standardised scale"),
     }
+    param_constraints = {"dataset": {"choices": list(DATASETS)}, "features": {"choices": ["M", "S"]},
+                         "pred_len": {"ge": 1}}
+
+    @classmethod
+    def check_params(cls, params: dict[str, Any]) -> None:
+        if params["label_len"] > params["seq_len"]:  # the decoder starts from the window's last label_len steps
+            raise ParamError("label_len", f"must be <= seq_len ({params['seq_len']})")
 
     def __init__(self, pattern: Pattern, seed: int, dataset: str = "ETTh1", features: str = "M", seq_len: int = 96,
                  label_len: int = 48, pred_len: int = 96, d_model: int = 64, num_heads: int = 4, enc_layers: int = 2,

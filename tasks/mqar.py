@@ -22,7 +22,7 @@ from torch import nn
 
 from cab import Pattern, Task, register_task
 from cab.backbone import Block, TokenEmbedding, init_weights
-from cab.task import MetricInfo, batch_indices
+from cab.task import MetricInfo, ParamError, batch_indices
 
 TEST_SEED_OFFSET = 2**31  # train seeds are < 2^31, test seeds >= 2^31: never the same stream
 
@@ -123,6 +123,32 @@ class MQARTask(Task):
         "accuracy": MetricInfo(True, "fraction of queries whose value is predicted exactly (mean over test segments)"),
         "loss": MetricInfo(False, "cross-entropy at query positions (nats)"),
     }
+    param_constraints = {"power_a": {"gt": 0}}
+
+    @classmethod
+    def check_params(cls, params: dict[str, Any]) -> None:
+        """The generator's rules (`multiquery_ar`) for every segment a job would generate."""
+        segments = []
+        for which in ("train", "test"):
+            given = params.get(f"{which}_segments")
+            if not given:
+                segments.append(("", params["seq_len"], params["num_kv_pairs"]))
+                continue
+            for i, segment in enumerate(given):
+                key = f"{which}_segments.{i}"
+                if not isinstance(segment, dict) or set(segment) != {"seq_len", "num_kv_pairs", "num_examples"}:
+                    raise ParamError(key, "expected {seq_len: L, num_kv_pairs: K, num_examples: N}")
+                for field, value in segment.items():
+                    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                        raise ParamError(f"{key}.{field}", "expected an integer >= 1")
+                segments.append((f"{key}.", segment["seq_len"], segment["num_kv_pairs"]))
+        for prefix, seq_len, kv in segments:
+            if seq_len % 2:
+                raise ParamError(f"{prefix}seq_len", "must be even (key-value pairs, then query-answer pairs)")
+            if 4 * kv > seq_len:
+                raise ParamError(f"{prefix}num_kv_pairs", f"must be <= seq_len / 4 ({seq_len // 4} for length {seq_len})")
+            if params["vocab_size"] <= seq_len:
+                raise ParamError("vocab_size", f"must exceed every seq_len (here {seq_len})")
 
     def __init__(self, pattern: Pattern, seed: int, vocab_size: int = 8192, seq_len: int = 256,
                  num_kv_pairs: int = 16, train_examples: int = 100_000, test_examples: int = 3_000,

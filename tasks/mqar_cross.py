@@ -79,6 +79,8 @@ class MQARCrossModel(nn.Module):
 class MQARCrossTask(MQARTask):
     """MQAR across two sequences: the key-value block is the source, the queries are the target."""
 
+    param_constraints = {"num_layers": None}  # encoder_layers and decoder_layers instead
+
     def __init__(self, pattern: Pattern, seed: int, encoder_layers: int = 1, decoder_layers: int = 1, **mqar: Any):
         if "num_layers" in mqar:
             raise ValueError("mqar_cross: set encoder_layers and decoder_layers, not num_layers")

@@ -108,6 +108,7 @@ class SpanCorruptionTask(Task):
         "accuracy": MetricInfo(True, "fraction of hidden test characters the decoder predicts exactly (teacher forcing)"),
         "bpc": MetricInfo(False, "bits per character of the hidden test characters (teacher forcing)"),
     }
+    param_constraints = {"noise_density": {"gt": 0, "lt": 1}}
 
     def __init__(self, pattern: Pattern, seed: int, seq_len: int = 256, noise_density: float = 0.15,
                  mean_span_length: float = 3.0, d_model: int = 128, num_heads: int = 4, enc_layers: int = 2,

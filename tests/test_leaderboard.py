@@ -102,6 +102,13 @@ def test_build_from_real_records(real_results, tmp_path):
     # the baseline from reference_metrics becomes a reference row on the accuracy column
     assert table["references"] == [{"label": "guess a context value", "values": {"mqar": {"accuracy": 0.25}}}]
     assert table["tasks"]["mqar"]["metric_info"]["loss"]["higher_is_better"] is False
+    # the runner writes the gate each record was judged by; one training step has not learnt MQAR
+    from cab.gates import GATES
+
+    assert all(json.loads(p.read_text())["gate"] == GATES["mqar"].as_dict() for p in real_results.glob("*.json")
+               if json.loads(p.read_text())["status"] == "ok")
+    gate = table["tasks"]["mqar"]["gate"]
+    assert gate["status"] == "not_learnt" and gate["source"] == "record" and gate["n"] == 2
     # every run has a page entry with its command, config and environment
     _, index = read_js(out / "data" / "index.js")
     for path in real_results.glob("*.json"):
@@ -173,6 +180,10 @@ def test_record_strings_are_escaped(tmp_path):
     unsupported = train_record("y", "mqar", "causal_self", status="unsupported")
     unsupported["reason"] = "<img src=x onerror=alert(1)>"
     records.append(unsupported)
+    gated = train_record("softmax", "evil_gate", "causal_self")
+    gated["gate"] = {"reference": "softmax", "metric": "</script><script>window.__xss=4</script>", "higher_is_better": True,
+                     "baselines": ["<img src=x onerror=alert(2)>"], "margin": 0.0, "floor": None}
+    records.append(gated)
     out, summary = build(tmp_path, records)
     assert summary["skipped"] == 0
     for path in (out / "data").rglob("*.js"):
@@ -343,7 +354,9 @@ def test_freeze_cli_writes_once_and_site_publishes_it(tmp_path, capsys):
     _, index = read_js(tmp_path / "site" / "data" / "index.js")
     assert index["normalisation"]["version"] == 3
     table = table_of(tmp_path / "site", "noncausal_self")
-    assert table["aggregate"]["tasks"] == ["forecasting", "listops", "mqar"]
+    # listops has constants frozen but softmax does not clear the demo's gate there: left out
+    assert "listops" in frozen["constants"]["cpu"]["noncausal_self"]
+    assert table["aggregate"]["tasks"] == ["forecasting", "mqar"] and list(table["aggregate"]["excluded"]) == ["listops"]
     assert all(r["score"] is not None for r in table["aggregate"]["rows"].values())
     capsys.readouterr()
     # frozen means frozen: a second freeze into the same file is refused
@@ -460,6 +473,133 @@ def test_unsupported_records_fill_every_variant_column(tmp_path):
     assert list(table["tasks"]) == ["gcog/distractor"]
     cells = {c["row"].split("\x00")[0]: c for c in table["cells"]}
     assert cells["self_less"]["task"] == "gcog/distractor" and cells["self_less"]["status"] == "unsupported"
+
+
+# ------------------------------------------------------------------------------------------------
+# reference gates: is each column learnt? (cab/gates.py; the verdict logic itself: tests/test_gates.py)
+
+
+def _gated_records():
+    """causal self, three tasks, softmax and linear over three seeds. With the fixture's gates (the
+    records state them): mqar learnt (softmax ≥ 0.55 on every seed), lm not learnt (softmax's
+    perplexity misses 110 on seed 2); seq2seq states no gate and its records no bpc: no verdict."""
+    records = []
+    for seed in range(3):
+        records += [
+            train_record("softmax", "mqar", "causal_self", seed=seed, metrics={"accuracy": 0.9 + 0.02 * seed, "loss": 0.3}),
+            train_record("linear", "mqar", "causal_self", seed=seed, metrics={"accuracy": 0.4 + 0.01 * seed, "loss": 1.3}),
+            train_record("softmax", "lm", "causal_self", seed=seed, metrics={"perplexity": (30.0, 32.0, 150.0)[seed]}),
+            train_record("linear", "lm", "causal_self", seed=seed, metrics={"perplexity": 60.0 + seed}),
+            train_record("softmax", "seq2seq", "causal_self", seed=seed, metrics={"bleu": 20.0 + seed, "chrf": 40.0}),
+            train_record("linear", "seq2seq", "causal_self", seed=seed, metrics={"bleu": 10.0 + seed, "chrf": 30.0}),
+        ]
+    return records
+
+
+def test_each_column_states_whether_it_is_learnt(tmp_path):
+    out, _ = build(tmp_path, _gated_records())
+    tasks = table_of(out, "causal_self")["tasks"]
+    mqar, lm, s2s = tasks["mqar"]["gate"], tasks["lm"]["gate"], tasks["seq2seq"]["gate"]
+    assert mqar["status"] == "learnt" and mqar["source"] == "record" and mqar["n"] == 3
+    assert mqar["reason"] == ("softmax accuracy 0.920 ± 0.020 over 3 seeds; needs ≥ 0.550 on every seed "
+                              "(guess a context value 0.250 + 0.300): all pass")
+    assert lm["status"] == "not_learnt" and "2 of 3 pass; fails on seed 2: 150.000" in lm["reason"]
+    assert [s["passed"] for s in lm["seeds"]] == [True, True, False]
+    assert s2s["status"] == "unknown" and "do not report bpc" in s2s["reason"]  # the built-in seq2seq gate
+
+
+def test_the_aggregate_leaves_out_columns_that_are_not_learnt(tmp_path):
+    records = _gated_records()
+    results = write_records(records, tmp_path / "results")
+    norm_path = tmp_path / "normalisation-v1.json"
+    leaderboard.build(results, tmp_path / "site", normalisation=norm_path, freeze=True, warn=lambda m: None)
+    norm = json.loads(norm_path.read_text())
+    assert set(norm["constants"]["cpu"]["causal_self"]) == {"mqar", "lm", "seq2seq"}  # frozen as before
+    table = table_of(tmp_path / "site", "causal_self")
+    agg = table["aggregate"]
+    assert agg["tasks"] == ["mqar", "seq2seq"] and list(agg["excluded"]) == ["lm"]
+    assert agg["excluded"]["lm"] == table["tasks"]["lm"]["gate"]["reason"]
+    cells = {(c["row"].split("\x00")[0], c["task"]): c for c in table["cells"]}
+    consts = norm["constants"]["cpu"]["causal_self"]
+    for row in table["rows"]:
+        scores = agg["rows"][row["id"]]
+        assert set(scores["task_scores"]) == {"mqar", "seq2seq"} and scores["complete"]
+        expected = []
+        for task in ("mqar", "seq2seq"):
+            zs = [lbd.zscore(cells[(row["attention"], task)]["metrics"][m][0], c["mean"], c["std"], c["higher_is_better"])
+                  for m, c in consts[task].items()]
+            expected.append(sum(zs) / len(zs))
+        assert scores["score"] == pytest.approx(sum(expected) / 2)
+    # the unit: a known table whose second task is not learnt scores on the first alone
+    known = _known_table()
+    known["tasks"]["t2"]["gate"] = {"status": "not_learnt", "reason": "softmax missed it"}
+    consts = {"version": 1, "constants": {"cpu": {"causal_self": {
+        "t1": {"acc": {"mean": 0.7, "std": 0.2, "higher_is_better": True}},
+        "t2": {"acc": {"mean": 0.5, "std": 0.05, "higher_is_better": True}}}}}}
+    agg = lbd.aggregate_table(known, consts)
+    assert agg["tasks"] == ["t1"] and agg["excluded"] == {"t2": "softmax missed it"}
+    assert agg["rows"]["A"]["score"] == pytest.approx(1.0) and agg["rows"]["A"]["task_scores"] == {"t1": pytest.approx(1.0)}
+    assert agg["rows"]["B"]["complete"]  # B failed t2, which no longer counts
+
+
+def test_records_without_a_gate_are_judged_by_the_tasks_built_in_gate(tmp_path):
+    """Records written before the `gate` field (the published v1 records) get the built-in gate of
+    their task (cab.gates.GATES); a record's own gate, where it states one, takes precedence."""
+    def mqar(values, gate=True):
+        recs = [train_record("softmax", "mqar", "causal_self", seed=s, metrics={"accuracy": v, "loss": 1.0}) for s, v in enumerate(values)]
+        for r in recs:
+            r["reference_metrics"] = {"accuracy_guess_a_context_value": 0.125}
+            if not gate:
+                del r["gate"]
+        return recs
+
+    for values, gate, status, source in (([0.95, 0.97], False, "learnt", "cab.gates"),
+                                         ([0.95, 0.85], False, "not_learnt", "cab.gates"),   # built-in floor 0.90
+                                         ([0.95, 0.85], True, "learnt", "record")):         # the record's own bar: 0.55
+        out, _ = build(tmp_path / f"{status}-{source}", mqar(values, gate))
+        verdict = table_of(out, "causal_self")["tasks"]["mqar"]["gate"]
+        assert (verdict["status"], verdict["source"]) == (status, source), verdict
+    # no softmax in the column: no verdict, and the column stays in the aggregate
+    out, _ = build(tmp_path / "none", [train_record("linear", "mqar", "causal_self")])
+    verdict = table_of(out, "causal_self")["tasks"]["mqar"]["gate"]
+    assert verdict["status"] == "unknown" and "no softmax records" in verdict["reason"]
+    # a gate that is not one is reported, not replaced by a guess
+    bad = mqar([0.95])
+    bad[0]["gate"] = {"metric": "accuracy", "higher_is_better": "<script>"}
+    out, _ = build(tmp_path / "bad", bad)
+    verdict = table_of(out, "causal_self")["tasks"]["mqar"]["gate"]
+    assert verdict["status"] == "unknown" and "malformed" in verdict["reason"]
+
+
+def test_markdown_marks_columns_that_are_not_learnt(tmp_path):
+    results = write_records(_gated_records(), tmp_path / "results")
+    text = leaderboard_markdown.markdown_tables(results, normalisation=tmp_path / "none.json", warn=None)
+    header = next(line for line in text.splitlines() if line.startswith("| attention"))
+    assert header == "| attention | lm: perplexity ↓ † | mqar: accuracy ↑ | seq2seq: bleu ↑ ‡ |"
+    assert "- lm †: not learnt: softmax perplexity 70.667 ± 68.712 over 3 seeds; needs ≤ 110.000 on every seed" in text
+    assert "- mqar: learnt: softmax accuracy 0.920" in text
+    assert "- seq2seq ‡: no verdict: softmax's records do not report bpc" in text
+    norm = tmp_path / "normalisation-v1.json"
+    leaderboard.build(results, tmp_path / "site", normalisation=norm, freeze=True, warn=lambda m: None)
+    text = leaderboard_markdown.markdown_tables(results, normalisation=norm, warn=None)
+    assert "Aggregate: mean z-score over the learnt tasks with frozen constants (* = not all of them), leaving out the columns not learnt (†)." in text
+
+
+def test_published_records_are_judged_and_unlearnt_columns_left_out():
+    """The published v1 records predate the `gate` field: every one of their columns still gets a
+    verdict from the built-in gates, and each aggregate uses exactly the learnt columns it has constants for."""
+    records, _ = lbd.load_records(PUBLISHED / "cpu" / "train", warn=None)
+    norm = leaderboard.read_normalisation(leaderboard.default_normalisation_path())
+    tables = lbd.build_tables(records, norm)
+    columns = [(t["pattern"], task, info["gate"]) for t in tables for task, info in t["tasks"].items()]
+    assert len(columns) == 15
+    for pattern, task, gate in columns:
+        assert gate["status"] in ("learnt", "not_learnt") and gate["source"] == "cab.gates", (pattern, task, gate)
+        assert gate["n"] == 3 and gate["reason"].startswith("softmax "), (pattern, task, gate)
+    for t in tables:
+        consts = lbd.normalisation_for(norm, t["scale"], t["pattern"])
+        learnt = sorted(task for task, info in t["tasks"].items() if info["gate"]["status"] == "learnt" and task in consts)
+        assert t["aggregate"]["tasks"] == learnt
 
 
 def test_published_records_are_valid_and_explain_every_failure():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import shutil
 from pathlib import Path
 
@@ -241,3 +242,79 @@ def test_hostile_strings_do_not_execute(page):
     assert EVIL_SCRIPT in p.text_content(".card pre.command")
     assert p.query_selector("main img") is None and p.query_selector("main script") is None
     assert not page.errors, page.errors
+
+
+def test_unlearnt_column_is_marked_muted_and_left_out_of_the_aggregate(page, site):
+    """The demo's listops column (noncausal self): softmax misses its gate (the records state a floor of
+    0.6), so the column is marked, muted and its values are not in the aggregate; mqar and
+    forecasting are learnt and carry no mark."""
+    p = page.open("index.html#pattern=noncausal_self")
+    p.wait_for_selector("#rows tr")
+    th = '#board th[data-key="listops:accuracy"]'
+    assert p.get_attribute(th, "data-gate") == "not_learnt" and "unlearnt" in p.get_attribute(th, "class").split()
+    assert page.texts(th + " .badge") == ["not learnt"]
+    for key in ("mqar:accuracy", "forecasting:mse"):
+        assert p.get_attribute(f'#board th[data-key="{key}"]', "data-gate") == "learnt"
+        assert p.query_selector(f'#board th[data-key="{key}"] .badge') is None
+        assert "unlearnt" not in (p.get_attribute(f'#board th[data-key="{key}"]', "class") or "")
+    # the reason is on the page, not only in a tooltip
+    listops = p.text_content('#gates li[data-task="listops"]')
+    assert p.is_visible('#gates li[data-task="listops"]')
+    assert "not learnt" in listops and "softmax accuracy" in listops and "needs ≥ 0.600 on every seed" in listops
+    assert "left out of the aggregate" in listops
+    assert p.get_attribute('#gates li[data-task="mqar"]', "data-gate") == "learnt"
+    # every cell of the column is muted, and none of them is bold as a "best"
+    keys = p.eval_on_selector_all("#board thead th", "els => els.map(e => e.dataset.key)")
+    col = keys.index("listops:accuracy") + 1
+    classes = p.eval_on_selector_all(f"#rows tr td:nth-child({col})", "els => els.map(e => e.className)")
+    assert classes and all("unlearnt" in c.split() and "best" not in c.split() for c in classes)
+    assert "unlearnt" not in " ".join(p.eval_on_selector_all(f"#rows tr td:nth-child({keys.index('mqar:accuracy') + 1})", "els => els.map(e => e.className)"))
+    # the aggregate's header says how many tasks it averages
+    assert "2 of 3 tasks" in p.text_content('#board th[data-key="agg"]')
+
+    # z view: listops has no z-score, and each aggregate is the mean of the learnt tasks' z-scores
+    p.select_option("#f-view", "z")
+    p.wait_for_selector('#board th[data-key="listops:accuracy"] .dir:text("z")')
+    keys = p.eval_on_selector_all("#board thead th", "els => els.map(e => e.dataset.key)")
+    rows = p.eval_on_selector_all("#rows tr", "trs => trs.map(tr => [...tr.children].map(td => { const a = td.querySelector('a'); return a ? a.textContent : td.textContent; }))")
+    shown = {row[0]: dict(zip(keys, row)) for row in rows}
+
+    def num(text):
+        try:
+            return float(text)
+        except ValueError:  # "—", or a status badge (timeout, unsupported)
+            return None
+
+    assert all(num(r["listops:accuracy"]) is None for r in shown.values())
+    assert sum(r["listops:accuracy"] == "—" for r in shown.values()) >= 10
+
+    # and it is not the mean with listops in it: the frozen listops constants give each row a z-score
+    # of its own, which would move most shown aggregates by more than their rounding
+    norm = json.loads((site / "data" / "normalisation-v1.json").read_text())["constants"]["cpu"]["noncausal_self"]
+    table = _table_data(site, "noncausal_self")
+    cells = {(c["row"].split("\x00")[0], c["task"]): c for c in table["cells"]}
+    checked = differs = 0
+    for name, r in shown.items():
+        agg, f, m = num(r["agg"]), num(r["forecasting:mse"]), num(r["mqar:accuracy"])
+        if agg is None or f is None or m is None:
+            continue
+        assert agg == pytest.approx((f + m) / 2, abs=0.006), name
+        c = cells.get((name, "listops"))
+        if c and c["status"] == "ok":
+            zs = [(1 if k["higher_is_better"] else -1) * (c["metrics"][metric][0] - k["mean"]) / k["std"]
+                  for metric, k in norm["listops"].items() if metric in c["metrics"]]
+            differs += abs(agg - (f + m + sum(zs) / len(zs)) / 3) > 0.006
+        checked += 1
+    assert checked >= 10 and differs >= checked // 2
+    assert not page.errors, page.errors
+
+
+def _table_data(site: Path, pattern: str) -> dict:
+    index = _js_value(site / "data" / "index.js")
+    meta = next(t for t in index["tables"] if t["pattern"] == pattern and t["scale"] == "cpu")
+    return _js_value(site / "data" / f"{meta['file']}.js")
+
+
+def _js_value(path: Path):
+    text = path.read_text()
+    return json.loads(text[text.index("]=") + 2:].rstrip().rstrip(";"))

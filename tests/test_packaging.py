@@ -1,4 +1,5 @@
-"""A non-editable install ships everything inside the `cab` namespace and runs from any directory."""
+"""A non-editable install ships everything inside the `cab` namespace and runs from any directory: `cab list`,
+`cab data list`, a smoke cell and the leaderboard site from it, with its docs and complete metadata."""
 
 from __future__ import annotations
 
@@ -31,6 +32,22 @@ def test_wheel_has_no_generic_top_level_names(wheel):
     assert top <= {"cab"} | {t for t in top if t.endswith(".dist-info")}, sorted(top)
     assert "cab/conf/config.yaml" in names and "cab/conf/trainer/smoke.yaml" in names
     assert "cab/attentions/softmax.py" in names and "cab/tasks/mqar.py" in names
+    assert "cab/docs/tasks-real.md" in names and "cab/leaderboard_site/index.html" in names
+    assert any(n.startswith("cab/leaderboard_site/assets/") for n in names)
+
+
+def test_wheel_metadata_is_complete(wheel):
+    from email.parser import Parser
+
+    archive = zipfile.ZipFile(wheel)
+    [meta_name] = [n for n in archive.namelist() if n.endswith(".dist-info/METADATA")]
+    meta = Parser().parsestr(archive.read(meta_name).decode())
+    assert meta["Summary"] and meta["Requires-Python"] == ">=3.10" and meta["License-Expression"] == "MIT"
+    assert any(n.endswith(".dist-info/licenses/LICENSE") for n in archive.namelist())
+    classifiers = meta.get_all("Classifier")
+    assert "Programming Language :: Python :: 3.11" in classifiers and any(c.startswith("Topic ::") for c in classifiers)
+    assert "torch<3,>=2.3" in meta.get_all("Requires-Dist")
+    assert meta.get_all("Project-URL") and meta["Description-Content-Type"] == "text/markdown"
 
 
 def test_installed_copy_runs_from_another_directory(wheel, tmp_path):
@@ -55,3 +72,21 @@ def test_installed_copy_runs_from_another_directory(wheel, tmp_path):
     out = subprocess.run([sys.executable, "-c", code, str(target)], cwd=elsewhere, env=env,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
+
+    def cab(*args: str, **extra_env: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "cab.cli", *args], cwd=elsewhere, env={**env, **extra_env},
+                              capture_output=True, text=True, timeout=300)
+
+    shown = cab("--help")  # the docs it points to are the installed ones
+    docs = Path(shown.stdout.split("Docs: ")[1].split(" (")[0])
+    assert shown.returncode == 0 and docs.is_relative_to(target) and (docs / "tasks-real.md").is_file()
+    listing = cab("data", "list", XDG_CACHE_HOME=str(tmp_path / "xdg"), CAB_DATA_DIR="")
+    assert listing.returncode == 0, listing.stderr[-2000:]
+    assert str(tmp_path / "xdg" / "cab" / "data") in listing.stdout and "[missing: cab data download ETTh1]" in listing.stdout
+    results, site = tmp_path / "results", tmp_path / "site"
+    smoke = cab("run", "attention=linear", "task=mqar", "pattern=causal_self", "trainer=smoke", "threads=1",
+                f"results_dir={results}")
+    assert smoke.returncode == 0 and "[ok]" in smoke.stdout, smoke.stdout + smoke.stderr[-2000:]
+    built = cab("leaderboard", "build", "--results", str(results), "--out", str(site))
+    assert built.returncode == 0, built.stderr[-2000:]
+    assert (site / "index.html").is_file() and any((site / "assets").iterdir())

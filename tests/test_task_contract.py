@@ -23,6 +23,12 @@ def test_smoke_cell_reports_its_metrics(smoke_config, task, pattern):
     assert all(math.isfinite(v) for v in metrics.values())
     assert all(isinstance(v, (int, float)) and math.isfinite(v) for v in record["reference_metrics"].values())
     assert record["cost"]["flops_per_example"] > record["cost"]["attention_flops_per_example"] > 0
+    # the reference gate (cab/gates.py) the record states judges a metric the task reports, in that
+    # metric's direction, against baselines the task records
+    gate = record["gate"]
+    assert gate == task_spec(task).cls.reference_gate().as_dict()
+    assert gate["metric"] in metrics and gate["higher_is_better"] == record["metric_info"][gate["metric"]]["higher_is_better"]
+    assert set(gate["baselines"]) <= set(record["reference_metrics"])
 
 
 @pytest.mark.parametrize("task,pattern", CELLS, ids=[f"{t}-{p.value}" for t, p in CELLS])

@@ -330,8 +330,7 @@ def main(argv: list[str]) -> int:
     try:
         preimport(args)
         register_configs()
-        check_overrides(args, multirun=True)  # a bench has no task: only names and patterns to check
-        _check_directions(args)
+        check_overrides(args, multirun=True, app="bench")  # names, then every job's values (cab/schema.py)
     except ChoiceError as exc:
         print(f"cab: error: {exc}", file=sys.stderr)
         return 2
@@ -347,12 +346,3 @@ def main(argv: list[str]) -> int:
     finally:
         sys.argv = saved
     return 0
-
-
-def _check_directions(args: list[str]) -> None:
-    for arg in args:
-        if arg.lstrip("+").startswith("directions="):
-            values = arg.split("=", 1)[1].strip("[]").split(",")
-            bad = [v.strip() for v in values if v.strip() and v.strip() not in DIRECTIONS]
-            if bad:
-                raise ChoiceError(f"unknown direction {bad[0]!r}; valid directions: {', '.join(DIRECTIONS)}")

@@ -150,6 +150,13 @@ def table_main(argv: list[str]) -> int:
     parser.add_argument("--baselines", nargs="*", default=["vanilla", "softmax"])
     parser.add_argument("--at", default="", help="comma-separated lengths: a table of time and memory at each")
     args = parser.parse_args(argv)
+    if args.out:
+        from cab.config import writable_dir_problem
+        from cab.registry import ChoiceError
+
+        problem = writable_dir_problem(str(args.out.parent))
+        if problem:
+            raise ChoiceError(f"--out={args.out}: cannot create or write the file there ({problem})")
     at = tuple(int(n) for n in args.at.split(",") if n.strip())
     text, _ = table_markdown(args.results, args.direction, tuple(args.baselines), at)
     if args.out:

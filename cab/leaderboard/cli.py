@@ -46,6 +46,15 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_out(out: str, file: bool) -> None:
+    """An unwritable --out is one line and exit 2 before any work (cab.config.writable_dir_problem)."""
+    from cab.config import writable_dir_problem
+
+    problem = writable_dir_problem(str(Path(out).parent) if file else out)
+    if problem:
+        raise UsageError(f"--out={out}: cannot create or write {'the file' if file else 'a directory'} there ({problem})")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = _parser()
@@ -59,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
             valid = [p.value for p in Pattern]
             if args.pattern is not None and args.pattern not in valid:
                 raise UsageError(f"unknown pattern {args.pattern!r}; choose one of: {', '.join(valid)}")
+            if args.out and not args.into:
+                _check_out(args.out, file=True)
             text = markdown_tables(args.results, args.normalisation, args.pattern)
             if args.into:
                 replace_tables_block(Path(args.into), text, f"cab leaderboard table --results {args.results}")
@@ -68,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(text)
             return 0
         if args.command == "build":
+            _check_out(args.out, file=False)
             summary = build(args.results, args.out, args.normalisation, args.freeze_normalisation)
             if not args.quiet:
                 print(f"Built {summary['out']}/index.html from {summary['records']} records "

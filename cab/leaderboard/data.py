@@ -23,6 +23,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Iterable
 
+from cab.gates import GATES, Gate, judge
 from cab.results.environment import hardware_label
 from cab.results.records import SCHEMA, iter_records, semantic_config
 
@@ -218,6 +219,7 @@ def _build_table(scale, hardware, pattern, recs, normalisation, warn) -> dict[st
     tasks: dict[str, dict[str, Any]] = {}
     row_keys: dict[tuple[str, str], dict[str, Any]] = {}
     cells = []
+    shown: dict[tuple[str, str, str], list[dict[str, Any]]] = {}  # the seeds behind each cell
     for (attention, hp_key, task), groups in sorted(cells_raw.items()):
         # several configurations in one cell (e.g. a task size overridden at the same scale): show the
         # one with most successful seeds, latest first on ties, and say how many others there are
@@ -227,6 +229,7 @@ def _build_table(scale, hardware, pattern, recs, normalisation, warn) -> dict[st
             warn(f"{scale}/{hardware}/{pattern}/{task}/{attention}: {len(ranked)} configurations; showing the one with most ok seeds")
         row_id = f"{attention}\x00{hp_key}"
         row_keys.setdefault((attention, hp_key), {"id": row_id, "attention": attention, "variant": labels[attention][hp_key]})
+        shown[(attention, hp_key, task)] = chosen
         cell = _cell(chosen)
         cell.update(row=row_id, task=task, other_configs=len(ranked) - 1)
         cells.append(cell)
@@ -238,12 +241,64 @@ def _build_table(scale, hardware, pattern, recs, normalisation, warn) -> dict[st
         if info["primary_metric"] is None:
             info["primary_metric"] = next(iter(info["metric_info"]), None)
         info["references"] = {name: sum(by_seed.values()) / len(by_seed) for name, by_seed in info["references"].items()}
+    for task, info in tasks.items():
+        info["gate"] = column_gate(task, [r for r in recs if r["task"] == task], shown, labels, warn)
     rows = sorted(row_keys.values(), key=lambda x: (x["attention"], x["variant"]))
     table = {"scale": scale, "hardware": hardware, "pattern": pattern, "tasks": dict(sorted(tasks.items())),
              "rows": rows, "cells": cells}
     table["aggregate"] = aggregate_table(table, normalisation)
     table["references"] = _reference_rows(tasks)
     return table
+
+
+def gate_spec(task: str, records: list[dict[str, Any]], warn=None) -> tuple[Gate | None, str | None, str | None]:
+    """(gate, source, problem) for one column: the gate its records state (`gate`, written by the
+    runner), preferring the reference's own records and the latest among them; else, for records
+    written before the field existed, the built-in gate of the task (`cab.gates.GATES`, by the task's
+    name less its variant). A record's gate that is not a gate is a problem, not a reason to guess."""
+    stated: dict[str, tuple[Any, list[dict[str, Any]]]] = {}
+    for r in records:
+        if r.get("gate") is not None:
+            key = json.dumps(r["gate"], sort_keys=True, default=str)
+            stated.setdefault(key, (r["gate"], []))[1].append(r)
+    if not stated:
+        gate = GATES.get(task.split("/", 1)[0])
+        return gate, ("cab.gates" if gate else None), None
+    candidates, problems = [], []
+    for raw, recs in stated.values():
+        try:
+            gate = Gate.from_dict(raw)
+        except (TypeError, ValueError) as exc:
+            problems.append(f"{_text(raw, 200)}: {exc}")
+            continue
+        own = [r for r in recs if r.get("attention") == gate.reference]
+        candidates.append((bool(own), max(str(r.get("started_at")) for r in (own or recs)), gate))
+    if not candidates:
+        return None, "record", "the records' gate is malformed (" + "; ".join(problems)[:300] + ")"
+    candidates.sort(key=lambda c: (c[0], c[1]), reverse=True)
+    if len(candidates) > 1 and warn:
+        warn(f"{task}: the records state {len(candidates)} different gates; judging by the reference's latest")
+    return candidates[0][2], "record", None
+
+
+def column_gate(task: str, records: list[dict[str, Any]], shown: dict[tuple[str, str, str], list[dict[str, Any]]],
+                labels: dict[str, dict[str, str]], warn=None) -> dict[str, Any]:
+    """Is this column learnt? The verdict of its gate (`cab.gates.judge`) on the seeds of the reference's
+    cell as shown (one configuration; with several hyperparameter settings of the reference, the one
+    with most finished seeds), plus where the gate came from (`source`: "record" or "cab.gates")."""
+    gate, source, problem = gate_spec(task, records, warn)
+    if problem:
+        return {"status": "unknown", "reason": problem, "gate": None, "source": source, "seeds": [], "mean": None, "std": None, "n": 0}
+    ref_cells = sorted(((hp, recs) for (att, hp, t), recs in shown.items() if gate and att == gate.reference and t == task),
+                       key=lambda c: (-sum(r["status"] == "ok" for r in c[1]), -len(c[1]), c[0]))
+    label = None
+    if ref_cells:
+        variant = labels.get(gate.reference, {}).get(ref_cells[0][0], "")
+        label = gate.reference + (f" [{variant}]" if variant else "")
+    verdict = judge(gate, ref_cells[0][1] if ref_cells else [], label)
+    verdict["source"] = source
+    verdict["description"] = gate.describe() if gate else None
+    return verdict
 
 
 def _merge_task_info(info: dict[str, Any], r: dict[str, Any]) -> None:
@@ -339,9 +394,16 @@ def normalisation_for(normalisation: dict[str, Any] | None, scale: str, pattern:
 def aggregate_table(table: dict[str, Any], normalisation: dict[str, Any] | None) -> dict[str, Any]:
     """Per row: the z-score of each task (mean over that task's frozen metrics) and the pattern
     aggregate (mean over the frozen tasks, equal weight). A row missing a frozen task (unsupported,
-    failed, not run) gets a partial aggregate flagged complete=False, which sorts after complete ones."""
+    failed, not run) gets a partial aggregate flagged complete=False, which sorts after complete ones.
+
+    A column whose reference gate says it is not learnt (`tasks[t]["gate"]`, `cab.gates`) is left
+    out, constants or not: `excluded` names those columns with the reason."""
     consts = normalisation_for(normalisation, table["scale"], table["pattern"])
-    out = {"version": (normalisation or {}).get("version"), "tasks": sorted(consts), "rows": {}}
+    excluded = {task: (info.get("gate") or {}).get("reason") or "" for task, info in table["tasks"].items()
+                if (info.get("gate") or {}).get("status") == "not_learnt"}
+    consts = {task: metrics for task, metrics in consts.items() if task not in excluded}
+    out = {"version": (normalisation or {}).get("version"), "tasks": sorted(consts), "excluded": dict(sorted(excluded.items())),
+           "rows": {}}
     if not consts:
         return out
     cells = {(c["row"], c["task"]): c for c in table["cells"]}
@@ -559,7 +621,7 @@ def _lengths(fn, line, lines, warn) -> dict[str, Any]:
 def run_summary(record: dict[str, Any]) -> dict[str, Any]:
     """What a run page shows: the record less nothing a reader needs, with the derived labels."""
     keep = ("run_id", "kind", "status", "attention", "pattern", "task", "seed", "metrics", "metric_info",
-            "primary_metric", "reference_metrics", "cost", "attention_info", "reason", "config", "env", "command",
+            "primary_metric", "reference_metrics", "gate", "cost", "attention_info", "reason", "config", "env", "command",
             "started_at", "duration_s", "error", "early_stopped_at_step", "efficiency")
     out = {k: record.get(k) for k in keep if k in record}
     out["scale"] = scale_of(record)

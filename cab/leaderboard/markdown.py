@@ -66,7 +66,7 @@ def markdown_tables(results: str | Path, normalisation: str | Path | None = None
             info = table["tasks"][task]
             metric = info["primary_metric"]
             arrow = "↑" if info["metric_info"].get(metric, {}).get("higher_is_better", True) else "↓"
-            heads.append(f"{task}: {metric} {arrow}")
+            heads.append(f"{task}: {metric} {arrow}" + GATE_MARK.get((info.get("gate") or {}).get("status"), ""))
         scored = bool(table["aggregate"]["tasks"])
         rows: list[list[str]] = []
         cells = {(c["row"], c["task"]): c for c in table["cells"]}
@@ -94,12 +94,40 @@ def markdown_tables(results: str | Path, normalisation: str | Path | None = None
                 values.append("" if value is None else f"*{_fmt(value)}*")
             if any(values):  # a baseline row only where some task reports it
                 rows.append([f"*{ref['label']}*", *([""] if scored else []), *values])
+        excluded = table["aggregate"].get("excluded") or {}
+        if scored:
+            agg_note = ("Aggregate: mean z-score over the learnt tasks with frozen constants (* = not all of them)"
+                        + (", leaving out the columns not learnt (†). " if excluded else ". "))
+        elif excluded and normalisation_for_table(norm, table):
+            agg_note = "No aggregate: no column with frozen constants is learnt. "
+        else:
+            agg_note = ""
         out += [f"### {table['pattern']} · scale {table['scale']} · {table['hardware']}", "",
                 *markdown_table(["attention", *(["aggregate"] if scored else []), *heads], rows),
-                "", "Cells: mean ± std over the ok seeds (count); a status where no seed is ok. "
-                + ("Aggregate: mean z-score over the tasks with frozen constants (* = not all of them). " if scored else "")
-                + "Italic rows: baselines the tasks record.", ""]
+                "", "Cells: mean ± std over the ok seeds (count); a status where no seed is ok. " + agg_note
+                + "Italic rows: baselines the tasks record.", "",
+                *gate_lines(table), ""]
     return "\n".join(out)
+
+
+GATE_MARK = {"not_learnt": " †", "unknown": " ‡"}
+GATE_TEXT = {"learnt": "learnt", "not_learnt": "not learnt", "unknown": "no verdict"}
+
+
+def normalisation_for_table(norm: dict[str, Any] | None, table: dict[str, Any]) -> dict[str, Any]:
+    return data.normalisation_for(norm, table["scale"], table["pattern"])
+
+
+def gate_lines(table: dict[str, Any]) -> list[str]:
+    """Each column's reference gate verdict with its reason, one line each (cab/gates.py)."""
+    lines = ["Reference gate per column (a column is learnt when softmax clears its task's gate on every seed; "
+             "† not learnt, left out of the aggregate; ‡ no verdict):", ""]
+    for task, info in table["tasks"].items():
+        gate = info.get("gate") or {}
+        status = gate.get("status") or "unknown"
+        reason = markdown_cell(gate.get("reason") or "")
+        lines.append(f"- {task}{GATE_MARK.get(status, '')}: {GATE_TEXT.get(status, status)}" + (f": {reason}" if reason else ""))
+    return lines
 
 
 TABLES_BLOCK = re.compile(r"<!-- tables:start(?::[^>]*)? -->\n.*?<!-- tables:end -->", re.S)

@@ -19,12 +19,14 @@ from typing import Any, Iterator
 SCHEMA = "cab.result/1"
 STATUSES = ("ok", "unsupported", "failed", "oom", "nan", "timeout")
 KINDS = ("train", "efficiency")
+# the host allocator policy a train record ran under (`allocator`, optional: null or absent in older records)
+ALLOCATORS = ("glibc_held", "glibc_default", "system", "cuda_caching")
 REQUIRED = (
     "schema", "kind", "run_id", "status", "attention", "pattern", "task", "seed", "metrics", "metric_info",
     "cost", "config", "env", "command", "started_at", "duration_s", "error",
 )
 # config keys that do not change what a run computes
-NON_SEMANTIC_KEYS = ("results_dir", "force", "retry_failed", "logger", "threads", "leaderboard_out")
+NON_SEMANTIC_KEYS = ("results_dir", "force", "retry_failed", "logger", "threads", "leaderboard_out", "cpu_allocator")
 
 
 # nested keys that only say where inputs live
@@ -90,6 +92,8 @@ def validate(record: Any) -> list[str]:
         problems.append(f"unknown status {record.get('status')!r}")
     if not isinstance(record.get("metrics", {}), dict):
         problems.append("metrics is not an object")
+    if record.get("allocator") not in (None, *ALLOCATORS):
+        problems.append(f"unknown allocator {record.get('allocator')!r} (expected one of {', '.join(ALLOCATORS)})")
     return problems
 
 

@@ -1,4 +1,5 @@
-"""Hydra callbacks: the end-of-sweep summary (status counts, best attention per cell)."""
+"""Hydra callbacks: the end-of-sweep summary (status counts, best attention per cell where softmax has
+learnt the task, cab/gates.py)."""
 
 from __future__ import annotations
 
@@ -28,12 +29,23 @@ class SweepSummary(Callback):
         console.print(f"[bold]sweep finished[/]: {total} jobs · " + " · ".join(f"{k} {v}" for k, v in sorted(counts.items()))
                       + f" · records in {results_dir}")
         if best:
-            table = Table(title="best attention per cell (mean primary metric over seeds)")
-            for col in ("task", "pattern", "attention", "metric", "mean", "seeds"):
+            table = Table(title="best attention per cell (mean primary metric over seeds; none where softmax has not learnt the task)")
+            for col in ("task", "pattern", "attention", "metric", "mean", "seeds", "reference gate"):
                 table.add_column(col)
+            notes = []
             for (task, pattern), b in sorted(best.items()):
-                table.add_row(task, pattern, b["attention"], b["metric"], f"{b['mean']:.4f}", str(b["seeds"]))
+                gate = b.get("gate") or {}
+                status = gate.get("status", "unknown")
+                if b["attention"] is None:  # softmax missed the task's gate: no winner in noise
+                    table.add_row(task, pattern, "—", b["metric"], "", "", "not learnt")
+                else:
+                    table.add_row(task, pattern, b["attention"], b["metric"], f"{b['mean']:.4f}", str(b["seeds"]),
+                                  "learnt" if status == "learnt" else "no verdict")
+                if status != "learnt":
+                    notes.append(f"{task} · {pattern}: {'not learnt' if status == 'not_learnt' else 'no verdict'}: {gate.get('reason', '')}")
             console.print(table)
+            for note in notes:
+                console.print(note, markup=False, highlight=False)
         out = config.get("leaderboard_out")
         if out and results_dir:  # grids such as `quickstart` end in a built site
             from cab.leaderboard.site import build

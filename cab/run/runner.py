@@ -21,7 +21,7 @@ from cab.results.environment import command_line, environment, hardware_label, j
 from cab.results.markers import reconcile_crashed, remove_marker, write_marker
 from cab.results.records import SCHEMA, read_record, run_id_of, write_record
 from cab.results.status import JobTimeout, classify, error_info
-from cab.run.training import train_and_evaluate
+from cab.run.training import allocator_policy, train_and_evaluate
 
 RETRYABLE = ("failed", "oom", "nan", "timeout")  # statuses that `retry_failed=true` runs again
 
@@ -95,6 +95,7 @@ def run_job(config: dict[str, Any]) -> dict[str, Any]:
         "primary_metric": None,
         "reference_metrics": {},
         "cost": {},
+        "allocator": None,
         "attention_info": {},
         "reason": None,
         "config": config,
@@ -115,7 +116,7 @@ def run_job(config: dict[str, Any]) -> dict[str, Any]:
             record["status"] = "unsupported"
             record["reason"] = spec.unsupported[pattern]
         else:
-            with time_limit(trainer.get("max_seconds")):
+            with time_limit(trainer.get("max_seconds")), allocator_policy(config) as record["allocator"]:
                 train_and_evaluate(record, config, attention, attention_cfg, task, task_cfg, pattern)
     except Exception as exc:  # noqa: BLE001 - every failure becomes a record; the sweep goes on
         record["status"] = classify(exc)

@@ -7,11 +7,12 @@ modules that need it are imported inside the functions, so importing the runner 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import signal
 import time
-from typing import Any
+from typing import Any, Iterator
 
 from cab.patterns import Pattern
 from cab.registry import attention_spec, task_spec
@@ -47,6 +48,37 @@ def _device(config: dict[str, Any]) -> str:
     return wanted
 
 
+CPU_ALLOCATORS = ("held", "default")  # the config's `cpu_allocator`
+
+
+@contextlib.contextmanager
+def allocator_policy(config: dict[str, Any]) -> Iterator[str]:
+    """The host allocator for one job; yields the policy that ran, for the record's `allocator`:
+
+    - `glibc_default` (`cpu_allocator: default`, the default, CPU): glibc's settings as they are;
+    - `glibc_held` (`cpu_allocator: held`, CPU): glibc keeps freed memory for reuse during training
+      and evaluation (no mmap, no trim: `cab.bench.measure.held_heap`, as `cab bench` times), so
+      temporaries of 32 MiB and more do not pay fresh page faults every step. Not the default: at the
+      `cpu` task shapes training gains nothing from it (benchmarks/results/allocator_training.md);
+    - `system`: not glibc (macOS, Windows, musl), or the settings could not be changed: left alone;
+    - `cuda_caching`: a CUDA job, whose tensors torch's caching allocator serves (the host heap is left alone)."""
+    import platform
+
+    wanted = str(config.get("cpu_allocator") or "default").lower()
+    if wanted not in CPU_ALLOCATORS:
+        raise ValueError(f"cpu_allocator must be one of {', '.join(CPU_ALLOCATORS)}, got {wanted!r}")
+    if _device(config).startswith("cuda"):
+        yield "cuda_caching"
+        return
+    if wanted == "default":
+        yield "glibc_default" if platform.libc_ver()[0] == "glibc" else "system"
+        return
+    from cab.bench.measure import held_heap
+
+    with held_heap("cpu") as method:
+        yield "glibc_held" if method else "system"
+
+
 def train_and_evaluate(record, config, attention, attention_hparams, task_name, task_params, pattern) -> None:
     """Train and evaluate one cell, filling `record`'s task fields, metrics and cost in place. Raises
     for every failure (NaNLoss for a loss or metric that is not finite); the caller records it."""
@@ -71,6 +103,8 @@ def train_and_evaluate(record, config, attention, attention_hparams, task_name, 
     record["primary_metric"] = task.primary_metric
     record["task_variant"] = task.variant()
     record["reference_metrics"] = task.reference_metrics()
+    gate = task.reference_gate()  # the bar softmax must clear for this column to count (cab/gates.py)
+    record["gate"] = gate.as_dict() if gate is not None else None
     built_with = {**attention_spec(attention).default_hparams(), **factory.hparams_for(Pattern.parse(pattern))}
     record["attention_info"] = {"hparams": built_with,
                                 **{k: v for layer in factory.layers_under_test for k, v in layer.runtime_info().items()}}

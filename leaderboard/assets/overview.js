@@ -1,6 +1,7 @@
 /* Overview: one tab per pattern; attentions × tasks with the primary metric (mean ± std over seeds,
  * seed count), the CAB-style aggregate beside the per-task scores, baselines as reference rows.
- * A single task selected shows all its metrics. */
+ * A single task selected shows all its metrics. Each column carries its reference gate's verdict
+ * (cab/gates.py): a column softmax has not learnt is marked, muted and left out of the aggregate. */
 "use strict";
 (async function () {
   const { el, fmt, badge } = CAB;
@@ -13,6 +14,9 @@
     return;
   }
   const PATTERN_TEXT = { noncausal_self: "noncausal self", causal_self: "causal self", noncausal_cross: "noncausal cross", causal_cross: "causal cross" };
+  const GATE_TEXT = { learnt: "learnt", not_learnt: "not learnt", unknown: "no verdict" };
+  const GATE_BADGE = { not_learnt: "not learnt", unknown: "unchecked" };
+  const GATE_CLASS = { not_learnt: "unlearnt", unknown: "unchecked" };
 
   // ---- skeleton
   const context = el("div", { class: "context", id: "context" });
@@ -25,13 +29,15 @@
     el("label", {}, "show", viewSel), search, dl);
   const tabs = el("div", { class: "tabs", id: "tabs", role: "tablist" });
   const wrap = el("div", { class: "tablewrap" });
+  const gatesBox = el("div", { class: "gates", id: "gates" });
   const below = el("div", {});
   main.appendChild(el("h1", { text: "Attention mechanisms across patterns and tasks" }));
-  main.appendChild(el("p", { class: "lead", text: "Each cell: the task's primary metric, mean ± standard deviation over seeds (n = seeds that finished). Click a header to sort (best first, missing last); click a number for its runs." }));
+  main.appendChild(el("p", { class: "lead", text: "Each cell: the task's primary metric, mean ± standard deviation over seeds (n = seeds that finished). A column marked \u201cnot learnt\u201d is one where softmax, the reference, does not clear the task's gate on every seed: its numbers compare noise, and the aggregate leaves it out. Click a header to sort (best first, missing last); click a number for its runs." }));
   main.appendChild(context);
   main.appendChild(controls);
   main.appendChild(tabs);
   main.appendChild(wrap);
+  main.appendChild(gatesBox);
   main.appendChild(below);
 
   if (!idx.tables.length) {
@@ -78,9 +84,11 @@
     if (agg.tasks.length) {
       const single = state.task && agg.tasks.includes(state.task);
       if (!state.task || single) {
-        cols.push({ key: "agg", label: single ? "task score" : "aggregate", sub: "z, ↑ better", hib: true, agg: true,
+        const left = Object.keys(agg.excluded || {});
+        cols.push({ key: "agg", label: single ? "task score" : "aggregate", sub: "z, ↑ better" + (!single && left.length ? " · " + agg.tasks.length + " of " + (agg.tasks.length + left.length) + " tasks" : ""), hib: true, agg: true,
           title: single ? "mean z-score of this task's metrics (frozen constants " + (idx.normalisation || {}).file + ")"
-            : "CAB-style index: z-scores per metric (frozen constants), averaged per task, then over the pattern's " + agg.tasks.length + " tasks",
+            : "CAB-style index: z-scores per metric (frozen constants), averaged per task, then over the pattern's " + agg.tasks.length + " learnt tasks"
+              + (left.length ? "; left out, not learnt: " + left.join(", ") : ""),
           value: (r) => { const a = agg.rows[r.id]; if (!a) return null; const v = single ? a.task_scores[state.task] : a.score;
             return v === undefined || v === null ? null : v; } });
       }
@@ -92,8 +100,10 @@
       for (const m of metrics) {
         const mi = info.metric_info[m] || { higher_is_better: true, description: "" };
         const z = state.view === "z" && !state.task;
-        cols.push({ key: task + ":" + m, task, metric: m, label: state.task ? m : task, sub: (state.task ? "" : m + " ") + (z ? "z" : "") + (mi.higher_is_better || z ? " ↑" : " ↓"),
-          hib: z ? true : mi.higher_is_better, title: (z ? "z-score of task " + task : m + ": " + mi.description) + (mi.higher_is_better ? " (higher is better)" : " (lower is better)"),
+        const gate = info.gate || { status: "unknown", reason: "" };
+        cols.push({ key: task + ":" + m, task, metric: m, gate, label: state.task ? m : task, sub: (state.task ? "" : m + " ") + (z ? "z" : "") + (mi.higher_is_better || z ? " ↑" : " ↓"),
+          hib: z ? true : mi.higher_is_better, title: (z ? "z-score of task " + task : m + ": " + mi.description) + (mi.higher_is_better ? " (higher is better)" : " (lower is better)")
+            + "\n" + GATE_TEXT[gate.status] + (gate.reason ? ": " + gate.reason : ""),
           z, value: (r) => { const c = cell(r, task);
             if (z) { const a = agg.rows[r.id]; const v = a && a.task_scores[task]; return v === undefined ? null : v; }
             return c && c.status === "ok" && c.metrics[m] ? c.metrics[m][0] : null; } });
@@ -118,10 +128,12 @@
     const best = bestCells(cols, rows);
 
     const thead = el("thead", {}, el("tr", {}, cols.map((c) => el("th", {
-      class: [c === sortCol ? "sorted" : "", c.agg ? "agg" : ""].join(" ").trim() || null, "data-key": c.key, title: c.title || null,
+      class: [c === sortCol ? "sorted" : "", c.agg ? "agg" : "", c.gate ? GATE_CLASS[c.gate.status] : ""].join(" ").trim() || null, "data-key": c.key,
+      "data-gate": c.gate ? c.gate.status : null, title: c.title || null,
       "aria-sort": c === sortCol ? (state.dir === "rev" ? "ascending" : "descending") : null,
       onclick: () => { if (state.sort === c.key || (c === sortCol && !state.sort)) state.dir = state.dir === "rev" ? "" : "rev"; else { state.sort = c.key; state.dir = ""; } drawTable(); CAB.setState(state); },
-    }, c.label, c.sub ? el("span", { class: "dir", text: c.sub }) : null))));
+    }, c.label, c.gate && c.gate.status !== "learnt" ? el("span", { class: "badge gate " + c.gate.status, text: GATE_BADGE[c.gate.status] }) : null,
+    c.sub ? el("span", { class: "dir", text: c.sub }) : null))));
     const tbody = el("tbody", { id: "rows" });
     for (const r of rows) tbody.appendChild(el("tr", { "data-attention": r.attention }, cols.map((c) => renderCell(c, r, best))));
     const refs = el("tbody", { class: "ref" });
@@ -129,7 +141,7 @@
       const tr = el("tr", {}, el("td", { text: ref.label }));
       for (const c of cols.slice(1)) {
         const v = c.task && !c.z && ref.values[c.task] ? ref.values[c.task][c.metric] : undefined;
-        tr.appendChild(el("td", { class: c.agg ? "agg" : null, title: v !== undefined ? "baseline from the task's reference_metrics" : "not applicable",
+        tr.appendChild(el("td", { class: c.agg ? "agg" : (c.gate && GATE_CLASS[c.gate.status]) || null, title: v !== undefined ? "baseline from the task's reference_metrics" : "not applicable",
           text: v !== undefined ? fmt(v) : "—" }));
       }
       if (cols.some((c) => c.task && !c.z && ref.values[c.task] && ref.values[c.task][c.metric] !== undefined)) refs.appendChild(tr);
@@ -139,6 +151,30 @@
     wrap.appendChild(table);
     if (!rows.length) wrap.appendChild(el("div", { class: "empty", text: "No attention matches the search." }));
     shown = { cols, rows };
+    drawGates();
+  }
+
+  /** Each column's verdict with its reason, readable without hovering (the header's title repeats it). */
+  function drawGates() {
+    gatesBox.textContent = "";
+    const tasks = Object.keys(current.tasks);
+    if (!tasks.length) return;
+    const excluded = current.aggregate.excluded || {};
+    gatesBox.appendChild(el("h2", { text: "Is each column learnt?" }));
+    gatesBox.appendChild(el("p", { class: "muted", text: "A column counts when the task's reference mechanism (softmax) beats the task's best trivial baseline (chance, majority class, unigram, repeat-last) by the task's margin, and reaches its floor, on every seed. Where it does not, mechanisms are compared on noise: the column is marked and muted, and the aggregate leaves it out. Gates: cab/gates.py; docs/reading-results.md." }));
+    const ul = el("ul", { class: "gate-list" });
+    for (const task of tasks) {
+      const g = current.tasks[task].gate || { status: "unknown", reason: "no verdict in this build" };
+      ul.appendChild(el("li", { "data-task": task, "data-gate": g.status, class: GATE_CLASS[g.status] || null },
+        el("span", { class: "badge gate " + g.status, text: GATE_TEXT[g.status] || g.status }),
+        el("div", {}, el("b", { text: task }),
+          el("span", { class: "reason", text: ": " + (g.reason || "") + (task in excluded ? " · left out of the aggregate" : "") }),
+          g.description ? el("span", { class: "spec", text: "gate: " + g.description + (g.source === "cab.gates" ? " (the task's built-in gate, cab/gates.py: these records do not state one)" : "") }) : null)));
+    }
+    gatesBox.appendChild(ul);
+    if (Object.keys(excluded).length && !current.aggregate.tasks.length) {
+      gatesBox.appendChild(el("div", { class: "warnbox", id: "no-aggregate", text: "No aggregate for this pattern: no column with frozen constants is learnt, so there is nothing to rank on." }));
+    }
   }
 
   /** Bold the best value of a column only when its mean ± std interval does not overlap the runner-up's
@@ -146,7 +182,7 @@
   function bestCells(cols, rows) {
     const out = new Set();
     for (const c of cols) {
-      if (!c.task || c.z) continue;
+      if (!c.task || c.z || (c.gate && c.gate.status === "not_learnt")) continue;  // no winner in noise
       const vals = rows.map((r) => [r, cellMap.get(r.id + "\u0000" + c.task)]).filter(([, x]) => x && x.status === "ok" && x.metrics[c.metric]);
       if (vals.length < 2) continue;
       vals.sort((a, b) => (c.hib ? -1 : 1) * (a[1].metrics[c.metric][0] - b[1].metrics[c.metric][0]));
@@ -170,23 +206,25 @@
       return el("td", { class: "agg" }, el("a", { href: CAB.runHref(allRuns), title: "runs behind this score" }, fmt(v, 3)),
         !state.task && !a.complete ? el("span", { class: "badge partial", title: "partial: only " + a.tasks_used + " of " + n + " tasks finished; ranked after complete rows", text: a.tasks_used + "/" + n + " tasks" }) : null);
     }
+    const muted = (c.gate && GATE_CLASS[c.gate.status]) || null;
     const cell = cellMap.get(r.id + "\u0000" + c.task);
-    if (!cell) return el("td", { title: "no record for this attention, task and pattern" }, badge("notrun", "no record"));
+    if (!cell) return el("td", { class: muted, title: "no record for this attention, task and pattern" }, badge("notrun", "no record"));
     const href = CAB.runHref(cell.runs.map((x) => x[0]));
     const seeds = cell.runs.map((x) => "seed " + (x[1] === null ? "?" : x[1]) + ": " + x[2]).join("\n");
     if (cell.status !== "ok") {
       const note = cell.note || "";
-      return el("td", { class: "status " + cell.status, title: (CAB.STATUS_TEXT[cell.status] + (note ? ": " + note : "")) + "\n" + seeds },
+      return el("td", { class: "status " + cell.status + (muted ? " " + muted : ""), title: (CAB.STATUS_TEXT[cell.status] + (note ? ": " + note : "")) + "\n" + seeds },
         el("a", { href }, badge(cell.status, note)), note ? el("span", { class: "why", text: note }) : null);
     }
     if (c.z) {
       const v = c.value(r);
-      return el("td", { title: seeds }, v === null ? "—" : el("a", { href, text: fmt(v, 3) }));
+      const why = c.gate && c.gate.status === "not_learnt" ? "not learnt: left out of the aggregate\n" : "";
+      return el("td", { class: muted, title: why + seeds }, v === null ? "—" : el("a", { href, text: fmt(v, 3) }));
     }
     const mv = cell.metrics[c.metric];
-    if (!mv) return el("td", { title: "metric not reported", text: "—" });
+    if (!mv) return el("td", { class: muted, title: "metric not reported", text: "—" });
     const failedSeeds = cell.runs.filter((x) => x[2] !== "ok");
-    return el("td", { class: best.has(r.id + "\u0000" + c.key) ? "best" : null, title: seeds + (cell.other_configs ? "\n(" + cell.other_configs + " other configuration(s) of this cell not shown)" : "") },
+    return el("td", { class: [best.has(r.id + "\u0000" + c.key) ? "best" : "", muted || ""].join(" ").trim() || null, title: seeds + (cell.other_configs ? "\n(" + cell.other_configs + " other configuration(s) of this cell not shown)" : "") },
       el("a", { href, class: "val" }, fmt(mv[0]), mv[1] !== null ? el("span", { class: "pm", text: " ± " + fmt(mv[1], 2) }) : null),
       el("span", { class: "n", text: "n=" + mv[2] }),
       failedSeeds.length ? el("span", { class: "badge partial", title: failedSeeds.map((x) => "seed " + x[1] + ": " + x[2]).join("\n"), text: "+" + failedSeeds.length + " " + failedSeeds[0][2] }) : null);
@@ -197,7 +235,7 @@
     const norm = idx.normalisation;
     below.appendChild(el("h2", { text: "How the aggregate is computed" }));
     below.appendChild(el("p", { class: "explain", text:
-      "Each metric is turned into a z-score, z = ±(x − μ)/σ (sign flipped when lower is better), with μ and σ frozen per scale × pattern × task × metric in a versioned file, so adding an attention never moves anyone else's score; z-scores are averaged within a task, and task scores are averaged with equal weight within the pattern (CAB's compositional index). The per-task scores stand beside it because an average hides where a mechanism fails." }));
+      "Each metric is turned into a z-score, z = ±(x − μ)/σ (sign flipped when lower is better), with μ and σ frozen per scale × pattern × task × metric in a versioned file, so adding an attention never moves anyone else's score; z-scores are averaged within a task, and task scores are averaged with equal weight within the pattern (CAB's compositional index). The per-task scores stand beside it because an average hides where a mechanism fails. A column whose reference gate says it is not learnt is left out, whatever its constants: its z-scores would rank seed noise." }));
     if (!norm) {
       below.appendChild(el("div", { class: "warnbox", text: "No normalisation file is frozen for this build, so no aggregate is shown. Freeze one with `cab leaderboard build --freeze-normalisation`." }));
     } else {
@@ -238,7 +276,10 @@
     for (const c of shown.cols.slice(1)) {
       if (c.agg) cols.push({ key: c.key, label: c.label });
       else if (c.z) cols.push({ key: c.key, label: c.task + " z" });
-      else for (const s of ["mean", "std", "n", "status"]) cols.push({ key: c.key + ":" + s, label: c.task + " " + c.metric + " " + s });
+      else {
+        for (const s of ["mean", "std", "n", "status"]) cols.push({ key: c.key + ":" + s, label: c.task + " " + c.metric + " " + s });
+        cols.push({ key: c.key + ":gate", label: c.task + " " + c.metric + " gate" });
+      }
     }
     const rows = shown.rows.map((r) => {
       const o = { attention: r.attention, variant: r.variant, scale: current.scale, hardware: current.hardware, pattern: current.pattern };
@@ -247,6 +288,7 @@
         const cell = cellMap.get(r.id + "\u0000" + c.task), mv = cell && cell.metrics[c.metric];
         o[c.key + ":mean"] = mv ? mv[0] : null; o[c.key + ":std"] = mv ? mv[1] : null; o[c.key + ":n"] = mv ? mv[2] : 0;
         o[c.key + ":status"] = cell ? cell.status : "notrun";
+        o[c.key + ":gate"] = c.gate ? c.gate.status : "";
       }
       return o;
     });

@@ -104,6 +104,10 @@
       card.appendChild(el("h3", { text: "Reference (baselines)" }));
       card.appendChild(kv(Object.entries(r.reference_metrics).map(([k, v]) => [k, typeof v === "number" ? fmt(v) : JSON.stringify(v)])));
     }
+    if (r.gate && typeof r.gate === "object") {  // the reference gate this record states (cab/gates.py)
+      card.appendChild(el("h3", { text: "Reference gate" }));
+      card.appendChild(kv(Object.entries(r.gate).map(([k, v]) => [k, typeof v === "string" ? v : JSON.stringify(v)])));
+    }
     if (r.cost && Object.keys(r.cost).length) {
       card.appendChild(el("h3", { text: "Cost" }));
       const c = r.cost;
