@@ -23,6 +23,8 @@ from prefix sums computed once), so coarse tokens only summarise positions at or
 Cost per head: 6·L·W·Dh (window scores, learnable tokens, window values) + 4·L·P·Dh (pooled).
 Memory: windows and per-query pooled tokens are built one chunk of queries at a time, O(c·(W+P)·Dh).
 Reference (`reference_attend`): query by query, window slots and pooled tokens (by loops) under one softmax.
+Throughput (benchmarks/results/kernel_throughput.md): causal runs below 40% of the matmul rate, because
+each query gathers its own prefix's pooled tokens (a per-query gather of P bounds), not a shared product.
 """
 
 from __future__ import annotations
@@ -79,17 +81,21 @@ class AggregatedAttention(MultiHeadAttention):
             return w - 1, 0
         return (w - 1) // 2, w - 1 - (w - 1) // 2
 
+    def _queries_and_keys(self, q, k):
+        """(scaled queries with the query embedding, normalised queries, normalised keys): cosine scores
+        with a learnt temperature × log(window + pool) when qk_norm, else scaled dot products."""
+        if self.qk_norm:
+            qn, kn = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
+            scale = F.softplus(self.temperature) * math.log(self.window_size + self.pool_size)
+            return (qn + self.query_embedding) * scale, qn, kn
+        return (q + self.query_embedding) * q.shape[-1] ** -0.5, q, k
+
     def attend(self, q, k, v, key_padding_mask):
         b, h, length, d = q.shape  # (B, H, L, Dh)
         keep = keep_mask(key_padding_mask, b, length, q.device)  # (B, L)
         left, right = self._reach()
         p = self.pool_size
-        if self.qk_norm:
-            qn, kn = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
-            qs = (qn + self.query_embedding) * F.softplus(self.temperature) * math.log(self.window_size + p)
-        else:
-            qn, kn = q, k
-            qs = (q + self.query_embedding) * d**-0.5
+        qs, qn, kn = self._queries_and_keys(q, k)
         if p and not self.causal:
             kp, pvalid = segment_means(k, keep, p)  # pooled keys (B, H, P, Dh), valid (B, P)
             vp, _ = segment_means(v, keep, p)
@@ -139,12 +145,7 @@ class AggregatedAttention(MultiHeadAttention):
         keep = keep_mask(key_padding_mask, b, length, q.device)
         left, _ = self._reach()
         p = self.pool_size
-        if self.qk_norm:
-            qn, kn = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
-            qs = (qn + self.query_embedding) * F.softplus(self.temperature) * math.log(self.window_size + p)
-        else:
-            qn, kn = q, k
-            qs = (q + self.query_embedding) * d**-0.5
+        qs, qn, kn = self._queries_and_keys(q, k)
         if p and self.causal:  # (B, H, L, P, Dh): query i's prefix pooled; valid (B, L, P)
             kp_i, valid_i = causal_segment_means_reference(k, keep, p)
             vp_i, _ = causal_segment_means_reference(v, keep, p)

@@ -25,6 +25,8 @@ Reference (`reference_forward`): noncausal, the statistics of each example's rea
 a softmax over them; causal, the step-by-step recurrence below.
 Recurrent form (causal): Σx, Σx² and the running log Σ m per feature, plus the count:
 state_size = 3·dim + 1.
+Throughput (benchmarks/results/kernel_throughput.md): causal runs below 40% of the matmul rate: its
+running statistics are logcumsumexp and cumulative sums per feature, elementwise work that is not matrix products.
 """
 
 from __future__ import annotations

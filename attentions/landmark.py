@@ -30,6 +30,8 @@ slower than dense attention. There the same sum is taken densely: every query sc
 blocks. The two paths are equal (tested); `core_flops` counts the path that runs.
 Both softmaxes (the grouped one and the one inside each block) are `cab.ops.masked_softmax`.
 Reference: the grouped softmax as dense L×L weights, retrieval included (`reference_attend`).
+Throughput (benchmarks/results/kernel_throughput.md): below 40% of the matmul rate at long lengths: the
+retrieval is a top-k over blocks and the read of the retrieved blocks a gather (and a scatter backwards).
 """
 
 from __future__ import annotations

@@ -12,16 +12,29 @@ Per layer (the paper's Algorithm 2, "SSM + selection"), E = expand·dim channels
     y_t    = h_t C_t + D ⊙ x_t
     out    = W_out (y ⊙ SiLU(z))
 
-The scan is chunked (`selective_scan`): positions are cut into chunks of T; a first pass runs the
-recurrence inside every chunk at once from a zero state (T steps over all chunks in parallel), a
-second pass carries the true state across chunks (L/T steps) and adds its decayed contribution
-C_t·(exp(A·Σ_{s<=t}Δ_s) ⊙ h_start). So there are T + L/T sequential steps instead of L, memory is
-O(L·E + (L/T)·E·N), and `selective_scan_reference` is the step-by-step recurrence it must equal.
+The scan (`selective_scan`) is `cab.ops.causal_recurrence` with heads = the E channels, Dk = N, Dv = 1:
+q = C_t and k = B_t shared by the channels, v = Δ_t x_t, and the log decay Δ_t A passed as its two factors.
+cab.ops runs this case as the recurrence itself, not in chunks: Mamba-1's decay exp(Δ_t A) differs per
+(channel, state), so the weights exp(A·(c_t − c_s)) (c: Δ summed over the chunk) of a chunk of T
+positions form a (T, T, E, N) tensor, T times the recurrence's own elementwise work. Mamba-2's chunked
+form is matrix products only because its A is one scalar per head, which lets the weight leave the sum
+over N. With a vector state per channel the read-out h_t·C_t is a matrix-vector product in any form.
+So every position is one fused op on a contiguous (B, E, N) slab, the decays exp(Δ_t A), the inputs
+(Δ_t x_t) B_t and the read-outs are passes over blocks of positions, and the backward is hand-written: the
+adjoint recurrence λ_t = C_t dy_t + exp(Δ_(t+1) A) ⊙ λ_(t+1) in the same loop, then dΔ, dA, dB, dC, dx from
+λ and h, never an autograd graph of L small ops. It is exact (no chunk-relative exponents). Time O(L·E·N): about
+6 passes over (L, B, E, N) numbers forward and 14 backward, run block by block in cache, plus L small ops
+each way. Training memory O(L·E·N): the states are kept for the backward up to 2^24 numbers per call;
+longer inputs keep one (E, N) state per block of about 2^19 numbers and rerun each block in the backward.
+`selective_scan_reference` is the step-by-step recurrence (`reference_forward` runs the layer with it).
+benchmarks/mamba_scan.py measures this scan against the chunked one it replaced.
 
-Cost: the matrix products (`flops`: in/out projections, W_r, W_B, W_C, W_Δ, the depthwise conv and
-the scan's read-outs h·C, 4·L·E·N) plus the rest of the scan, elementwise work of about 7·L·E·N
-FLOPs (exp(ΔA), the decay and the input term) that `FlopCounterMode` does not see (`scan_flops`);
-at the defaults (N = 16, E = 2·dim) that elementwise scan dominates the CPU time.
+Cost (`flops`, forward, 2 per multiply-add): the matrix products, per token
+    2·dim·2E + 2·E·dim + branches · (2·E·k + 2·E·(R + 2N) + 2·R·E)
+(in/out projections; per branch the depthwise conv, W_r/W_B/W_C and W_Δ). The scan has no matrix
+products: its elementwise work, about 6·E·N FLOPs and one exp per position and branch (Δ_t A, x_t B_t,
+the update, the read-out), is `scan_flops`, not counted in `flops` nor by torch's FLOP counters; at the
+defaults (N = 16, E = 2·dim) it is the larger part of the CPU time.
 
 Noncausal self: two scans (Vim-style bidirectional): the forward branch and a branch with its own
 conv, projections, A and D run on the reversed sequence; y = y_fwd + y_bwd before the gate.
@@ -41,59 +54,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from cab import AttentionLayer, Pattern, register_attention
-
-from ._part2_common import pad_length
-
-
-def selective_scan(u, delta, A, Bm, Cm, D, chunk_size: int = 64, chunks_per_segment: int = 32):
-    """Chunked scan. u, delta: (B, L, E); A: (E, N); Bm, Cm: (B, L, N); D: (E,) -> y (B, L, E).
-
-    Runs over segments of `chunks_per_segment` chunks, carrying the state between segments, so the
-    per-step tensors (B, chunks, E, N) stay the same size at every length (time per token constant)."""
-    segment = max(1, chunk_size) * chunks_per_segment
-    h = None
-    ys = []
-    for start in range(0, u.shape[1], segment):
-        sl = slice(start, start + segment)
-        y, h = _scan_segment(u[:, sl], delta[:, sl], A, Bm[:, sl], Cm[:, sl], chunk_size, h)
-        ys.append(y)
-    return torch.cat(ys, dim=1) + u * D
+from cab.ops import causal_recurrence
 
 
-def _scan_segment(u, delta, A, Bm, Cm, chunk_size, h0):
-    """One segment of the chunked scan from state h0 (B, E, N) or zeros -> (y without D·u, final state)."""
-    b, length, e = u.shape
-    n_state = A.shape[-1]
-    t = max(1, min(chunk_size, length))
-    du = pad_length(delta * u, t, dim=1)  # padded steps: Δ = 0 (no decay) and no input
-    dl = pad_length(delta, t, dim=1)
-    n = dl.shape[1] // t
-    du, dl = du.view(b, n, t, e), dl.view(b, n, t, e)
-    Bc = pad_length(Bm, t, dim=1).view(b, n, t, n_state)
-    Cc = pad_length(Cm, t, dim=1).view(b, n, t, n_state)
+def selective_scan(u, delta, A, Bm, Cm, D):
+    """u, delta: (B, L, E); A: (E, N); Bm, Cm: (B, L, N); D: (E,) -> y (B, L, E).
 
-    # pass 1: every chunk from a zero state, all chunks at once (T sequential steps); the step index
-    # is moved to the front so that each step reads contiguous (B, n, ·) slices
-    dl_t, du_t = dl.permute(2, 0, 1, 3).contiguous(), du.permute(2, 0, 1, 3).contiguous()  # (T, B, n, E)
-    B_t, C_t = Bc.permute(2, 0, 1, 3).contiguous(), Cc.permute(2, 0, 1, 3).contiguous()  # (T, B, n, N)
-    h = torch.zeros(b, n, e, n_state, dtype=u.dtype, device=u.device)  # (B, n, E, N)
-    y_local = []
-    for s in range(t):
-        h = torch.exp(dl_t[s, ..., None] * A) * h + du_t[s, ..., None] * B_t[s, :, :, None, :]
-        y_local.append(h @ C_t[s, ..., None])  # (B, n, E, 1): Σ_N h·C as a matrix-vector product
-    h_end_local = h
-    y = torch.cat(y_local, dim=-1).transpose(-1, -2)  # (B, n, T, E)
-
-    # pass 2: carry the state across chunks (L/T sequential steps)
-    cum = torch.cumsum(dl, dim=2)  # Σ_{s<=t} Δ_s inside each chunk, (B, n, T, E)
-    h_start = torch.zeros(b, e, n_state, dtype=u.dtype, device=u.device) if h0 is None else h0
-    corrections = []
-    for i in range(n):
-        decay = torch.exp(cum[:, i, :, :, None] * A)  # (B, T, E, N)
-        corrections.append(((decay * h_start[:, None]) @ Cc[:, i, :, :, None]).squeeze(-1))  # (B, T, E)
-        h_start = decay[:, -1] * h_start + h_end_local[:, i]
-    y = y + torch.stack(corrections, dim=1)
-    return y.reshape(b, n * t, e)[:, :length], h_start  # padded steps have Δ = 0: h_start is the final state
+    `cab.ops.causal_recurrence` with heads = the E channels, Dk = N, Dv = 1: q = C_t and k = B_t shared by the
+    channels, v = Δ_t u_t, and the log decay Δ_t A given by its two factors (never an (L, E, N) tensor)."""
+    v = (delta * u).transpose(1, 2)[..., None]  # (B, E, L, 1)
+    out = causal_recurrence(Cm[:, None], Bm[:, None], v, (delta.transpose(1, 2), A))  # (B, E, L, 1)
+    return out[..., 0].transpose(1, 2) + u * D
 
 
 def selective_scan_reference(u, delta, A, Bm, Cm, D):
@@ -113,7 +84,8 @@ class _SSMBranch(nn.Module):
     def __init__(self, inner: int, d_state: int, d_conv: int, dt_rank: int, dt_min=1e-3, dt_max=0.1):
         super().__init__()
         self.d_conv, self.dt_rank, self.d_state = d_conv, dt_rank, d_state
-        self.conv_weight = nn.Parameter(torch.empty(inner, 1, d_conv).uniform_(-1 / math.sqrt(d_conv), 1 / math.sqrt(d_conv)))
+        bound = 1 / math.sqrt(d_conv)
+        self.conv_weight = nn.Parameter(torch.empty(inner, 1, d_conv).uniform_(-bound, bound))
         self.conv_bias = nn.Parameter(torch.zeros(inner))
         self.x_proj = nn.Linear(inner, dt_rank + 2 * d_state, bias=False)
         self.dt_proj = nn.Linear(dt_rank, inner, bias=True)
@@ -131,17 +103,17 @@ class _SSMBranch(nn.Module):
             x = x * keep
         xc = F.conv1d(F.pad(x.transpose(1, 2), (self.d_conv - 1, 0)), self.conv_weight, self.conv_bias,
                       groups=x.shape[-1])  # causal depthwise conv, (B, E, L)
-        u = F.silu(xc.transpose(1, 2))  # (B, L, E)
+        u = F.silu(xc.transpose(1, 2).contiguous())  # (B, L, E); contiguous: every later op reads it
         dt_r, Bm, Cm = torch.split(self.x_proj(u), [self.dt_rank, self.d_state, self.d_state], dim=-1)
         delta = F.softplus(self.dt_proj(dt_r))  # (B, L, E)
         if keep is not None:
             u, delta = u * keep, delta * keep
         return u, delta, Bm, Cm
 
-    def forward(self, x, keep, chunk_size):
+    def forward(self, x, keep, scan=selective_scan):
         u, delta, Bm, Cm = self.selection(x, keep)
         A = -torch.exp(self.A_log)
-        return selective_scan(u, delta, A, Bm, Cm, self.D, chunk_size)
+        return scan(u, delta, A, Bm, Cm, self.D)
 
 
 _NO_CROSS = "a state-space mixer has no keys: there is no source sequence to attend to"
@@ -154,25 +126,31 @@ _NO_CROSS = "a state-space mixer has no keys: there is no source sequence to att
 )
 class MambaMixer(AttentionLayer):
     def __init__(self, dim: int, num_heads: int, pattern: Pattern, d_state: int = 16, d_conv: int = 4,
-                 expand: int = 2, dt_rank: int | None = None, chunk_size: int = 64):
+                 expand: int = 2, dt_rank: int | None = None):
         super().__init__(dim, num_heads, pattern)  # num_heads is unused: the SSM is per channel
         self.d_state, self.d_conv, self.expand = d_state, d_conv, expand
         self.inner = expand * dim
         self.dt_rank = dt_rank or math.ceil(dim / 16)
-        self.chunk_size = chunk_size
         self.in_proj = nn.Linear(dim, 2 * self.inner, bias=False)
         self.forward_branch = _SSMBranch(self.inner, d_state, d_conv, self.dt_rank)
         self.backward_branch = None if self.causal else _SSMBranch(self.inner, d_state, d_conv, self.dt_rank)
         self.out_proj = nn.Linear(self.inner, dim, bias=False)
 
     def forward(self, x, context=None, key_padding_mask=None):
+        return self._mix(x, context, key_padding_mask, selective_scan)
+
+    def reference_forward(self, x, context=None, key_padding_mask=None):
+        """The layer with the scan run by `selective_scan_reference`, the step-by-step recurrence."""
+        return self._mix(x, context, key_padding_mask, lambda *args: selective_scan_reference(*args)[0])
+
+    def _mix(self, x, context, key_padding_mask, scan):
         self.check_inputs(x, context)
         xs, z = self.in_proj(x).chunk(2, dim=-1)  # (B, L, E) each
         keep = None if key_padding_mask is None else (~key_padding_mask)[..., None].to(x.dtype)  # (B, L, 1)
-        y = self.forward_branch(xs, keep, self.chunk_size)
+        y = self.forward_branch(xs, keep, scan)
         if self.backward_branch is not None:
             flip_keep = None if keep is None else keep.flip(1)
-            y = y + self.backward_branch(xs.flip(1), flip_keep, self.chunk_size).flip(1)
+            y = y + self.backward_branch(xs.flip(1), flip_keep, scan).flip(1)
         return self.out_proj(y * F.silu(z))
 
     def flops(self, batch: int, len_q: int, len_k: int) -> int:
@@ -180,15 +158,13 @@ class MambaMixer(AttentionLayer):
         branches = 1 if self.causal else 2
         per_token = 2 * self.dim * 2 * e + 2 * e * self.dim  # in_proj, out_proj
         per_token += branches * (2 * e * k + 2 * e * (r + 2 * n) + 2 * r * e)  # conv, W_r/W_B/W_C, W_Δ
-        t = max(1, min(self.chunk_size, len_q))
-        scanned = -(-len_q // t) * t  # positions after padding to whole chunks
-        readout = branches * 2 * (2 * e * n) * scanned  # the scan's two read-outs h·C (matrix-vector products)
-        return batch * (len_q * per_token + readout)
+        return batch * len_q * per_token  # the scan has no matrix products (`scan_flops`)
 
     def scan_flops(self, batch: int, length: int) -> int:
-        """Elementwise FLOPs of the scan outside `flops` (exp, decay, input; FlopCounterMode does not count them)."""
+        """Elementwise FLOPs of the scan, outside `flops`: per position and (channel, state) Δ_t A, x_t B_t,
+        the update a_t ⊙ h_{t-1} + x_t B_t (2) and the read-out C_t ⊙ h_t summed (2), plus one exp."""
         branches = 1 if self.causal else 2
-        return branches * 7 * batch * length * self.inner * self.d_state
+        return branches * 6 * batch * length * self.inner * self.d_state
 
     def state_size(self, seq_len: int) -> int:
         per_direction = self.inner * self.d_state + self.inner * (self.d_conv - 1)  # h and the conv buffer

@@ -21,6 +21,8 @@ sort/top-k and the mean are not matrix products. With factor large enough that u
 query is kept and the output is softmax attention. The kept rows' softmax is `cab.ops.masked_softmax`.
 Reference: M from the dense score matrix at the same sampled keys, the top-u rows of dense softmax
 attention (`softmax_attention`), mean(V) elsewhere.
+Throughput (benchmarks/results/kernel_throughput.md): below 40% of the matmul rate: the sparsity measure
+needs a gather of sampled keys per query and a top-u over queries, not matrix products.
 """
 
 from __future__ import annotations

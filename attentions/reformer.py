@@ -29,6 +29,8 @@ rounds this CPU implementation is no faster than exact attention at 4K tokens).
 Cross patterns are unsupported: shared QK needs one sequence (one hash space).
 FLOPs: QK/V/output projections 3·2·L·dim²; per round and head hashing 2·L·Dh·nb/2 and the
 windowed products (blocks of 32 over a span of 32 + window); sorting is not a matrix product.
+Throughput (benchmarks/results/kernel_throughput.md): below 40% of the matmul rate: each hash round sorts
+the sequence by bucket and gathers/scatters it back; sorting and gathers are not matrix products.
 """
 
 from __future__ import annotations

@@ -4,24 +4,27 @@ Depends on torch (and nothing of the harness). Shapes: (B, H, L, D) per head; ma
 key_padding_mask (B, Lk) True = padding, keep (B, L) True = real, allowed (.., Lq, Lk) True = may attend.
 FLOPs functions count matrix products only, 2 per multiply-add, as torch's FlopCounterMode does.
 
-op (reference form, if any)                     module        used by
+op (reference form, if any)                     module        used by (imports in attentions/)
 ----------------------------------------------  ------------  ------------------------------------------------
-keep_mask, allowed_mask, causal_mask            masking       every mechanism with padding or causal masks
-sdpa_mask                                       masking       softmax, flash, ccam (F.scaled_dot_product_attention)
-zero_padding                                    masking       linear, based, lightning, channel, cosformer, ...
-masked_softmax (-inf softmax + nan_to_num)      masking       vanilla, landmark, aggregated, longshort, lara,
-                                                              nystromformer, probsparse, abc, agent, ...
-masked_softmax_lse, merge_softmax_parts         masking       longshort (long + short parts), reformer (rounds)
-  (one softmax over the union of the keys)
-softmax_attention (+_flops)                     masking       vanilla, agent, halo, lsda, routing, lookup, ...
-  (masked_softmax(q kᵀ) v, written out)
+keep_mask, allowed_mask, causal_mask            masking       17 mechanisms with padding; 9 with dense masks
+sdpa_mask                                       masking       softmax, flash, moh, ccam, glca, perceiver (SDPA)
+zero_padding                                    masking       lightning, channel, flowformer, abc, agent,
+                                                              linformer, nystromformer
+masked_softmax (finite fill, empty rows 0)      masking       vanilla, abc, agent, aggregated, ccam, flowformer,
+                                                              gaussian, glca, landmark, longshort, lookup,
+                                                              nystromformer, perceiver, probsparse
+masked_softmax_lse, merge_softmax_parts         masking       longshort (long + short parts), reformer (rounds),
+  (one softmax over the union of the keys)                    lara
+softmax_attention (+_flops)                     masking       vanilla, moh, routing, probsparse, lookup, agent,
+  (masked_softmax(q kᵀ) v, written out)                       linformer, abc; the references of softmax, flash,
+                                                              local, sliding_window, halo, lsda, based
 window_attention (+_flops)                      windows       local, sliding_window, based (window part),
   (softmax_attention with window_allowed)                     longshort (short part), reformer, halo, lsda
 unfold_windows, window_valid                    windows       aggregated (a window per position)
-causal_recurrence (+_flops)                     recurrence    lightning (per-head decay), performer (per
-  (causal_recurrence_reference: the step loop)                position), mamba (per channel), flowformer; linear,
-                                                              based, cosformer through linear_attention
-log_decay_from_cumulative                       recurrence    performer (cumulative stabiliser -> per step)
+causal_recurrence (+_flops)                     recurrence    lightning (per-head decay), mamba (per channel);
+  (causal_recurrence_reference: the step loop)                linear, based, cosformer, performer (per position),
+                                                              flowformer through linear_attention
+log_decay_from_cumulative                       recurrence    favor_key_features (Performer's running stabiliser)
 linear_attention (+_flops)                      linear        linear, based, cosformer, performer; lightning and
   (linear_attention_reference: quadratic form)                flowformer with normalize=False
 segment_weights, segment_means, segment_ids,    pooling       nystromformer, lara, agent, aggregated, lookup
@@ -29,12 +32,12 @@ segment_weights, segment_means, segment_ids,    pooling       nystromformer, lar
 causal_segment_means (…_reference)              pooling       aggregated (causal pooled tokens, in chunks of
   rank_prefix, causal_segment_means_of                        queries: the prefix once, then per chunk)
 causal_prefix_mean                              pooling       gaussian (causal running statistics)
-elu / relu / silu_feature_map                   feature_maps  linear / cosformer / lightning
+elu / relu / silu_feature_map                   feature_maps  linear / the docs' example / lightning
 taylor_feature_map, taylor_feature_size         feature_maps  based (identity 1 + s + s²/2 tested)
 cosformer_feature_map                           feature_maps  cosformer (identity cos(π(i-j)/2M) tested)
 orthogonal_gaussian, favor_log_features,        feature_maps  performer (the stabilisers cancel: tested)
   favor_query_features, favor_key_features
-ceil_div, pad_to_multiple                       shapes        landmark, routing, mamba, halo, lsda (blocks)
+ceil_div, pad_to_multiple                       shapes        landmark, longshort, lsda, routing (blocks)
 """
 
 from .feature_maps import (

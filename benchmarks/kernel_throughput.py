@@ -1,0 +1,115 @@
+"""Throughput of every linear-time attention at one long length, against this machine's matmul rate.
+
+    python benchmarks/kernel_throughput.py --out benchmarks/results/kernel_throughput.md
+
+The kernel-layer target: at 16,384 tokens every linear-time mechanism (by its own FLOP formula:
+FLOPs exponent ≤ 1.15 between L/2 and L) runs its stated FLOPs at ≥ 40% of the single-thread rate
+of a plain matrix product measured in the same run, or its docstring says why its algorithm cannot.
+
+The matmul rate is torch's float32 GEMM of the layer's own projection shape, (L × dim) @ (dim × dim),
+one thread. Each mechanism: `cab.bench.measure.measure_point` (forward, eval, no grad, batch 1,
+8 heads, width 512, the glibc heap held as `cab bench` holds it), in this process, one thread.
+GFLOP/s = stated FLOPs / median time. Writes a markdown table and the raw rows as JSON beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from cab import Pattern, attention_spec, build_attention, list_attentions
+from cab.bench.measure import measure_point
+from cab.registry import with_length_bound
+
+TARGET = 0.40
+PATTERNS = (Pattern.NONCAUSAL_SELF, Pattern.CAUSAL_SELF)
+
+
+def matmul_rate(length: int, dim: int, repeats: int = 7) -> float:
+    """GFLOP/s of (length × dim) @ (dim × dim) in float32 on one thread: median of `repeats`."""
+    a, b, out = torch.randn(length, dim), torch.randn(dim, dim), torch.empty(length, dim)
+    for _ in range(2):
+        torch.mm(a, b, out=out)
+    times = []
+    for _ in range(repeats):  # into one preallocated output: the product alone, no page faults of a fresh one
+        start = time.perf_counter()
+        torch.mm(a, b, out=out)
+        times.append(time.perf_counter() - start)
+    return 2 * length * dim * dim / sorted(times)[len(times) // 2] / 1e9
+
+
+def linear_time(name: str, pattern: Pattern, length: int, dim: int, heads: int) -> bool:
+    """By the mechanism's own FLOP formula: exponent of FLOPs between length/2 and length ≤ 1.15."""
+    import math
+
+    def flops(n: int) -> int:
+        layer = build_attention(name, dim=dim, num_heads=heads, pattern=pattern, **with_length_bound(name, {}, n))
+        return layer.flops(1, n, n)
+
+    return math.log2(flops(length) / flops(length // 2)) <= 1.15
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--length", type=int, default=16384)
+    parser.add_argument("--dim", type=int, default=512)
+    parser.add_argument("--heads", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--attentions", nargs="*", default=None, help="default: every registered attention")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+
+    rates = [matmul_rate(args.length, args.dim)]
+    rows = []
+    for name in args.attentions or list_attentions():
+        for pattern in PATTERNS:
+            if pattern not in attention_spec(name).patterns or not linear_time(name, pattern, args.length, args.dim,
+                                                                               args.heads):
+                continue
+            point = measure_point(name, pattern, args.length, batch=1, dim=args.dim, num_heads=args.heads,
+                                  repeats=args.repeats, measure_memory=False, threads=1)
+            gflops = point.flops / point.time_median_s / 1e9 if point.status == "ok" else None
+            rows.append({"attention": name, "pattern": pattern.value, "status": point.status,
+                         "time_s": point.time_median_s, "flops": point.flops, "gflops": gflops})
+            print(f"{name:16s} {pattern.value:15s} {point.status:8s} "
+                  + (f"{gflops:6.1f} GFLOP/s = {gflops / rates[0]:4.0%} of matmul" if gflops else ""), flush=True)
+
+    rates.append(matmul_rate(args.length, args.dim))  # again at the end: the machine may have changed
+    rate = max(rates)
+    for r in rows:
+        r["fraction_of_matmul"] = r["gflops"] / rate if r["gflops"] else None
+    below = [r for r in rows if r["fraction_of_matmul"] is not None and r["fraction_of_matmul"] < TARGET]
+    lines = [
+        f"# Throughput of linear-time attentions at {args.length:,} tokens",
+        "",
+        f"Machine: {platform.machine()}, {platform.processor() or 'cpu'}, torch {torch.__version__}, 1 thread. "
+        f"Forward, eval, batch 1, {args.heads} heads, width {args.dim}, float32, median of {args.repeats}. "
+        f"Matmul rate, ({args.length} × {args.dim}) @ ({args.dim} × {args.dim}) float32 into a preallocated output, "
+        f"the better of the start and the end of the run ({rates[0]:.1f}, {rates[1]:.1f}): **{rate:.1f} GFLOP/s**; "
+        f"target {TARGET:.0%} of it = {TARGET * rate:.1f} GFLOP/s. Generated by `benchmarks/kernel_throughput.py`.",
+        "",
+        "| attention | pattern | time (s) | stated GFLOP | GFLOP/s | of matmul rate |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        ok = r["gflops"] is not None
+        mark = "" if not ok or r["fraction_of_matmul"] >= TARGET else " (below)"
+        lines.append(f"| {r['attention']} | {r['pattern']} | {r['time_s']:.3f} | {r['flops'] / 1e9:.2f} | "
+                     f"{r['gflops']:.1f} | {r['fraction_of_matmul']:.0%}{mark} |" if ok else
+                     f"| {r['attention']} | {r['pattern']} | {r['status']} | | | |")
+    lines += ["", f"{len(rows)} linear-time cells; {len(below)} below {TARGET:.0%}: "
+              + (", ".join(f"{r['attention']} ({r['pattern']})" for r in below) or "none") + "."]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(lines) + "\n")
+    args.out.with_suffix(".json").write_text(json.dumps({"matmul_gflops": rates, "rows": rows}, indent=1) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
