@@ -35,6 +35,9 @@ the weights): the causal layer is about 2× faster than before.
 FLOPs per head, noncausal: controls 2·2·Lk·Dh·s; memories 2·2·s·Lk·Dh; read 2·2·Lq·s·Dh.
 Causal: controls 2·2·L·Dh·s; per chunk QKᵀ 2C²Dh, slot scores 2C²s, inter reads 2·2·C·s·Dh,
 slot-to-position weights 2C²s, P·V 2C²Dh, chunk memories 2·2·C·s·Dh.
+Decode (causal): the memories and z after the prompt (a softmax over its positions per slot: the
+noncausal memories of the prompt), then the recurrence above one token at a time, O(H·s·Dh) per token:
+state_size = H·(2·s·Dh + 2·s).
 """
 
 from __future__ import annotations
@@ -44,12 +47,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from cab import MultiHeadAttention, Pattern, register_attention
+from cab.attention import DecodeState
 from cab.ops import masked_softmax, softmax_attention, zero_padding
 
 NEG_INF = float("-inf")
 
 
-@register_attention("abc", patterns=set(Pattern))
+@register_attention(
+    "abc", patterns=set(Pattern),
+    family="low-rank",
+    paper={"title": "ABC: Attention with Bounded-memory Control",
+           "authors": "Peng et al.", "venue": "ACL", "year": 2022, "url": "https://arxiv.org/abs/2110.02488"},
+)
 class ABCAttention(MultiHeadAttention):
     def __init__(self, dim: int, num_heads: int, pattern: Pattern, num_slots: int = 16, chunk_size: int = 16):
         super().__init__(dim, num_heads, pattern)
@@ -159,6 +168,30 @@ class ABCAttention(MultiHeadAttention):
 
     def state_size(self, seq_len: int) -> int:
         return self.num_heads * (2 * self.num_slots * self.head_dim + 2 * self.num_slots)
+
+    # -- decode: the memories K̃, Ṽ (B, H, s, Dh) and their normalisers z (B, H, s) ----------------
+    def prefill(self, x):
+        self.check_decode(x)
+        q, k, v = self.self_projections(x)
+        out = self.attend(q, k, v, None)
+        alpha_k, alpha_v = k @ self.compress_k.to(k.dtype), v @ self.compress_v.to(v.dtype)  # (B, H, L, s)
+        state = DecodeState(x.shape[1], z_k=torch.logsumexp(alpha_k, dim=2), z_v=torch.logsumexp(alpha_v, dim=2),
+                            mem_k=torch.softmax(alpha_k, dim=2).transpose(-1, -2) @ k,  # Σ_j e^(α_j − z) k_j
+                            mem_v=torch.softmax(alpha_v, dim=2).transpose(-1, -2) @ v)
+        return self.out_proj(self.merge_heads(out)), state
+
+    def step(self, x_t, state):
+        q, k, v = self.self_projections(x_t)  # (B, H, 1, Dh)
+        for name, x, w in (("k", k, self.compress_k), ("v", v, self.compress_v)):
+            alpha = (x @ w.to(x.dtype))[:, :, 0]  # (B, H, s): this token's control logits
+            z = torch.logaddexp(state[f"z_{name}"], alpha)
+            # M' = e^(z − z') M + e^(α − z') x: the memory stays a softmax-weighted sum over the positions
+            state[f"mem_{name}"] = (torch.exp(state[f"z_{name}"] - z)[..., None] * state[f"mem_{name}"]
+                                    + torch.exp(alpha - z)[..., None] * x)
+            state[f"z_{name}"] = z
+        out = softmax_attention(q, state["mem_k"], state["mem_v"])  # softmax(q K̃ᵀ/√Dh) Ṽ: (B, H, 1, Dh)
+        state.position += 1
+        return self.out_proj(self.merge_heads(out)), state
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", num_slots={self.num_slots}"

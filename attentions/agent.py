@@ -46,6 +46,9 @@ from cab.ops import (
     "agent",
     patterns={Pattern.NONCAUSAL_SELF, Pattern.NONCAUSAL_CROSS, Pattern.CAUSAL_CROSS},
     unsupported={Pattern.CAUSAL_SELF: "agents pooled from all queries see the future (learned agents would need a prefix softmax per position)"},
+    family="low-rank",
+    paper={"title": "Agent Attention: On the Integration of Softmax and Linear Attention",
+           "authors": "Han et al.", "venue": "ECCV", "year": 2024, "url": "https://arxiv.org/abs/2312.08874"},
 )
 class AgentAttention(MultiHeadAttention):
     def __init__(self, dim: int, num_heads: int, pattern: Pattern, num_agents: int = 49, dwc_kernel: int = 3):

@@ -25,6 +25,10 @@ Memory: windows and per-query pooled tokens are built one chunk of queries at a 
 Reference (`reference_attend`): query by query, window slots and pooled tokens (by loops) under one softmax.
 Throughput (benchmarks/results/kernel_throughput.md): causal runs below 40% of the matmul rate, because
 each query gathers its own prefix's pooled tokens (a per-query gather of P bounds), not a shared product.
+Decode (causal): the running sums of k and v after every position (the prefix sums the pooling reads: a
+query's P segments move with its prefix, so any past position can be a bound) and the window's last W − 1
+normalised keys and values. A token reads P + 1 sums per segment set and its window: O((P + W)·dim) per
+token, the state O(L·dim). state_size = 2·dim·n + 2·dim·min(W − 1, n) (pool_size 0: the window only).
 """
 
 from __future__ import annotations
@@ -36,12 +40,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from cab import MultiHeadAttention, Pattern, register_attention
+from cab.attention import DecodeState
 from cab.ops import (
+    TokenCache,
     causal_segment_means_of,
     causal_segment_means_reference,
     keep_mask,
     masked_softmax,
     rank_prefix,
+    segment_bounds,
     segment_means,
     segment_means_reference,
     unfold_windows,
@@ -55,6 +62,9 @@ _NO_CROSS = "the sliding window needs aligned query and key positions, which a s
     "aggregated",
     patterns={Pattern.NONCAUSAL_SELF, Pattern.CAUSAL_SELF},
     unsupported={Pattern.NONCAUSAL_CROSS: _NO_CROSS, Pattern.CAUSAL_CROSS: _NO_CROSS},
+    family="sparse",
+    paper={"title": "TransNeXt: Robust Foveal Visual Perception for Vision Transformers",
+           "authors": "Shi", "venue": "CVPR", "year": 2024, "url": "https://arxiv.org/abs/2311.17132"},
 )
 class AggregatedAttention(MultiHeadAttention):
     """TransNeXt aggregated attention (Shi 2024): sliding window + pooled tokens, one softmax."""
@@ -175,3 +185,53 @@ class AggregatedAttention(MultiHeadAttention):
         # per query and head: window scores 2·W·Dh, learnable tokens q·T 2·Dh·W, window values 2·W·Dh;
         # pooled scores and values 4·P·Dh. Pooling (sums / prefix sums) and softmax are not matmuls.
         return batch * len_q * self.dim * (6 * self.window_size + 4 * self.pool_size)
+
+    def state_size(self, seq_len: int) -> int | None:
+        if not self.causal:
+            return None
+        window = 2 * self.dim * min(self.window_size - 1, seq_len)
+        return window + (2 * self.dim * seq_len if self.pool_size else 0)  # + the running sums of k and v
+
+    # -- decode: running sums of k and v at every position, the window's last W - 1 keys and values ----
+    def prefill(self, x):
+        self.check_decode(x)
+        q, k, v = self.self_projections(x)
+        out = self.out_proj(self.merge_heads(self.attend(q, k, v, None)))
+        _, _, kn = self._queries_and_keys(q, k)
+        state = DecodeState(x.shape[1], k=TokenCache(kn, self.window_size - 1), v=TokenCache(v, self.window_size - 1))
+        if self.pool_size:  # S_j = Σ_{t <= j}: what `rank_prefix` sums, position by position
+            state.update(k_sums=TokenCache(torch.cumsum(k, dim=2)), v_sums=TokenCache(torch.cumsum(v, dim=2)))
+        return out, state
+
+    def _pooled(self, sums: torch.Tensor, count: int) -> torch.Tensor:
+        """The P segment means of the first `count` tokens from their running sums (B, H, count, Dh), by the
+        binning rule of `cab.ops.pooling`: Σ over ranks [lo, hi) = S_(hi−1) − S_(lo−1), S_(−1) = 0."""
+        lo, hi = segment_bounds(torch.tensor(count, device=sums.device), self.pool_size)  # (P,) each
+
+        def at(ranks):  # Σ of the ranks before each bound: (B, H, P, Dh)
+            picked = sums.index_select(2, (ranks - 1).clamp(min=0))
+            return picked.masked_fill((ranks == 0)[:, None], 0.0)
+        return (at(hi) - at(lo)) / (hi - lo).to(sums.dtype)[:, None]
+
+    def step(self, x_t, state):
+        i, w = state.position, self.window_size
+        q, k, v = self.self_projections(x_t)  # (B, H, 1, Dh)
+        qs, qn, kn = self._queries_and_keys(q, k)
+        keys, values = state["k"].extend(kn), state["v"].extend(v)  # the window: positions i-m..i
+        slots = slice(w - keys.shape[2], w)  # their window slots (the last ones: earlier slots are before 0)
+        scores = qs @ keys.transpose(-1, -2) + self.rel_pos_bias[..., slots]  # (B, H, 1, m+1)
+        if self.pool_size:
+            # S_i = S_(i−1) + k_i joins the running sums (the prompt had at least one token)
+            k_pool = self._pooled(state["k_sums"].extend(state["k_sums"].view()[:, :, -1:] + k), i + 1)
+            v_pool = self._pooled(state["v_sums"].extend(state["v_sums"].view()[:, :, -1:] + v), i + 1)
+            if self.qk_norm:
+                k_pool = F.normalize(k_pool, dim=-1)
+            attn = torch.softmax(torch.cat([scores, qs @ k_pool.transpose(-1, -2)], dim=-1), dim=-1)  # one softmax
+            a_loc, a_pool = attn[..., : keys.shape[2]], attn[..., keys.shape[2] :]
+        else:
+            a_loc = torch.softmax(scores, dim=-1)
+        a_loc = a_loc + (qn @ self.learnable_tokens + self.learnable_bias)[..., slots]  # + q·T + b
+        out = a_loc @ values + (a_pool @ v_pool if self.pool_size else 0)  # (B, H, 1, Dh)
+        state.position += 1
+        return self.out_proj(self.merge_heads(out)), state
+

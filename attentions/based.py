@@ -25,17 +25,23 @@ elementwise from 16) and a window whose blocks of w queries score 2w (3w) keys, 
 Recurrent form: per head S = Σ φ(k)vᵀ (f'×Dh) and z = Σ φ(k) (f'), plus the window's cache of
 `window` past keys and values (2·window·Dh per head):
     state_size = H·(f'·Dh + f') + 2·dim·window     (Zoology's Based counts the first term).
+Decode: one `linear_attention_step` on [S z] and the window's softmax over its cache and the new token,
+O(H·f'·Dh + window·dim) per token at any context.
 """
 
 from __future__ import annotations
 
+import torch.nn.functional as F
 from torch import nn
 
 from cab import MultiHeadAttention, Pattern, register_attention
+from cab.attention import DecodeState
 from cab.ops import (
+    TokenCache,
     linear_attention,
     linear_attention_flops,
     linear_attention_reference,
+    linear_attention_step,
     softmax_attention,
     taylor_feature_map,
     taylor_feature_size,
@@ -45,7 +51,12 @@ from cab.ops import (
 )
 
 
-@register_attention("based", patterns=set(Pattern))
+@register_attention(
+    "based", patterns=set(Pattern),
+    family="linear",
+    paper={"title": "Simple linear attention language models balance the recall-throughput tradeoff",
+           "authors": "Arora et al.", "venue": "ICML", "year": 2024, "url": "https://arxiv.org/abs/2402.18668"},
+)
 class BasedAttention(MultiHeadAttention):
     def __init__(self, dim: int, num_heads: int, pattern: Pattern, feature_dim: int = 16, window: int = 64,
                  eps: float = 1e-12, chunk_size: int = 64):
@@ -108,3 +119,24 @@ class BasedAttention(MultiHeadAttention):
         fp = taylor_feature_size(self.feature_dim)
         linear = self.num_heads * (fp * self.head_dim + fp)  # S and z per head
         return linear + 2 * self.dim * min(self.window, seq_len)  # + the window's KV cache
+
+    # -- decode: [S z] (B, H, f', Dh+1) and the window's last `window` keys and values -------------
+    def prefill(self, x):
+        self.check_decode(x)
+        phi_q, phi_k, v, q, k = self._project(x, None)
+        out, s = linear_attention(phi_q, phi_k, v, causal=True, eps=self.eps, chunk_size=self.chunk_size,
+                                  return_final_state=True)  # (B, H, L, Dh), (B, H, f', Dh+1)
+        state = DecodeState(x.shape[1], s=s)
+        if self.window > 0:
+            out = out + window_attention(q, k, v, *self._band(), block=self.window, causal=True)
+            state.update(k=TokenCache(k, self.window), v=TokenCache(v, self.window))
+        return self.out_proj(self.merge_heads(out)), state
+
+    def step(self, x_t, state):
+        phi_q, phi_k, v, q, k = self._project(x_t, None)  # (B, H, 1, ·)
+        out, state["s"] = linear_attention_step(phi_q[:, :, 0], phi_k[:, :, 0], v[:, :, 0], state["s"], eps=self.eps)
+        out = out[:, :, None]  # (B, H, 1, Dh)
+        if self.window > 0:  # the cache holds keys i-w..i-1, the token brings its own: the whole band
+            out = out + F.scaled_dot_product_attention(q, state["k"].extend(k), state["v"].extend(v))
+        state.position += 1
+        return self.out_proj(self.merge_heads(out)), state

@@ -36,6 +36,9 @@ CAUSAL_CROSS_QUERIES = 1024
     "ccam",
     patterns={Pattern.NONCAUSAL_CROSS, Pattern.CAUSAL_CROSS},
     unsupported={Pattern.NONCAUSAL_SELF: _NO_SELF, Pattern.CAUSAL_SELF: _NO_SELF},
+    family="sparse",
+    paper={"title": "Video-CCAM: Enhancing Video-Language Understanding with Causal Cross-Attention Masks for Short and Long Videos",
+           "authors": "Fei et al.", "venue": "arXiv", "year": 2024, "url": "https://arxiv.org/abs/2408.14023"},
 )
 class CausalCrossMaskAttention(MultiHeadAttention):
     """Video-CCAM cross attention (Fei et al. 2024) with its causal cross-attention mask."""

@@ -27,6 +27,8 @@ Port: the P = H·W image tokens become the L sequence positions; nothing else ch
 Reference: the statistics of every position as one masked (Lq×Lk) sum, its softmax applied to q_i.
 Cost per head: noncausal 2·Lk·Dh² + 2·Lq·Dh²; causal 2·L·Dh² counted (the apply). Memory O(L·Dh)
 plus, causal, one chunk of Dh×Dh states.
+Decode (causal): the statistics Σ k_j v_jᵀ·Dh^-½ (Dh×Dh per head) plus the token's k vᵀ, their softmax
+applied to q: O(H·Dh²) per token at any context.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from contextlib import contextmanager
 import torch
 
 from cab import MultiHeadAttention, Pattern, register_attention
+from cab.attention import DecodeState
 from cab.ops import causal_mask, zero_padding
 
 
@@ -63,7 +66,12 @@ def _flush_subnormal(p: torch.Tensor) -> torch.Tensor:
     return p.masked_fill(p < torch.finfo(p.dtype).tiny, 0.0)
 
 
-@register_attention("channel", patterns=set(Pattern))
+@register_attention(
+    "channel", patterns=set(Pattern),
+    family="other",
+    paper={"title": "DaViT: Dual Attention Vision Transformers",
+           "authors": "Ding et al.", "venue": "ECCV", "year": 2022, "url": "https://arxiv.org/abs/2204.03645"},
+)
 class ChannelAttention(MultiHeadAttention):
     """DaViT channel group attention (Ding et al. 2022); heads are the channel groups."""
 
@@ -118,3 +126,19 @@ class ChannelAttention(MultiHeadAttention):
     def state_size(self, seq_len: int) -> int:
         # recurrent form: Σ k_j v_jᵀ, one Dh×Dh matrix per head
         return self.num_heads * self.head_dim * self.head_dim
+
+    # -- decode: the scaled statistics Σ k_j v_jᵀ (B, H, Dh, Dh) ------------------------------------
+    def prefill(self, x):
+        self.check_decode(x)
+        q, k, v = self.self_projections(x)
+        out = self.attend(q, k, v, None)
+        stats = (k * self.head_dim**-0.5).transpose(-1, -2) @ v  # (B, H, Dh, Dh)
+        return self.out_proj(self.merge_heads(out)), DecodeState(x.shape[1], stats=stats)
+
+    def step(self, x_t, state):
+        q, k, v = (t[:, :, 0] for t in self.self_projections(x_t))  # (B, H, Dh)
+        state["stats"] = state["stats"] + (k * self.head_dim**-0.5)[..., :, None] * v[..., None, :]
+        attn = _flush_subnormal(torch.softmax(state["stats"], dim=-1))  # this position's channel matrix
+        out = (attn @ q[..., None])[..., 0]  # A q: (B, H, Dh)
+        state.position += 1
+        return self.out_proj(out.reshape(x_t.shape)), state

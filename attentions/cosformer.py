@@ -19,7 +19,9 @@ Causal cross is unsupported: with M = max(Lq, Lk) each output depends on the num
 Reference: the pairwise form A_ij = ReLU(q_i)·ReLU(k_j)·cos(π(i-j)/2M) as a masked Lq×Lk matrix,
 O = A V / (A 1 + eps).
 FLOPs: `linear_attention_flops` with F = 2·Dh features; the cos/sin weights are elementwise.
-State of the recurrent form (causal): S (2Dh×Dh) and z (2Dh) per head.
+State of the recurrent form (causal): S (2Dh×Dh) and z (2Dh) per head. Decode: the token at position i
+gets θ_i = πi/2M from the state's position count (up to max_len, the parallel form's bound), then one
+`linear_attention_step`.
 """
 
 from __future__ import annotations
@@ -30,7 +32,14 @@ import torch
 import torch.nn.functional as F
 
 from cab import MultiHeadAttention, Pattern, register_attention
-from cab.ops import allowed_mask, cosformer_feature_map, linear_attention, linear_attention_flops
+from cab.attention import DecodeState
+from cab.ops import (
+    allowed_mask,
+    cosformer_feature_map,
+    linear_attention,
+    linear_attention_flops,
+    linear_attention_step,
+)
 
 
 @register_attention(
@@ -39,6 +48,9 @@ from cab.ops import allowed_mask, cosformer_feature_map, linear_attention, linea
     unsupported={
         Pattern.CAUSAL_CROSS: "the cos re-weighting uses M = max(Lq, Lk), so each output depends on the number of queries",
     },
+    family="linear",
+    paper={"title": "cosFormer: Rethinking Softmax in Attention",
+           "authors": "Qin et al.", "venue": "ICLR", "year": 2022, "url": "https://arxiv.org/abs/2202.08791"},
 )
 class CosformerAttention(MultiHeadAttention):
     def __init__(self, dim: int, num_heads: int, pattern: Pattern, eps: float = 1e-6, max_len: int = 16384,
@@ -93,3 +105,28 @@ class CosformerAttention(MultiHeadAttention):
         if not self.causal:
             return None
         return self.num_heads * (2 * self.head_dim * self.head_dim + 2 * self.head_dim)
+
+    # -- decode: [S z] (B, H, 2Dh, Dh+1); the position gives θ ------------------------------------
+    def prefill(self, x):
+        self.check_decode(x)
+        b, length, _ = x.shape
+        q, k, v = self.self_projections(x)
+        m = self.horizon(b, length, length, None, x.device)  # max_len (checks the prompt fits)
+        positions = torch.arange(length, device=x.device)
+        phi_q, phi_k = cosformer_feature_map(q, positions, m), cosformer_feature_map(k, positions, m)
+        out, s = linear_attention(phi_q, phi_k, v, causal=True, eps=self.eps, chunk_size=self.chunk_size,
+                                  return_final_state=True)
+        return self.out_proj(self.merge_heads(out)), DecodeState(length, s=s)
+
+    def step(self, x_t, state):
+        position = state.position  # of this token, 0-based
+        if position >= self.max_len:
+            raise ValueError(f"cosformer causal: position {position} is past max_len {self.max_len} "
+                             f"(the re-weighting's horizon M)")
+        q, k, v = self.self_projections(x_t)  # (B, H, 1, Dh)
+        at = torch.full((1,), position, device=x_t.device)
+        phi_q = cosformer_feature_map(q, at, float(self.max_len))[:, :, 0]  # (B, H, 2Dh)
+        phi_k = cosformer_feature_map(k, at, float(self.max_len))[:, :, 0]
+        out, state["s"] = linear_attention_step(phi_q, phi_k, v[:, :, 0], state["s"], eps=self.eps)
+        state.position += 1
+        return self.out_proj(out.reshape(x_t.shape)), state

@@ -22,6 +22,8 @@ Memory O(Lq·Dh) per head; FLOPs are those of exact attention, 4·B·Lq·Lk·dim
 for causal self only the unmasked pairs, 4·B·dim·L(L+1)/2: the kernels skip the blocks above the
 diagonal, and FlashAttention's papers count causal attention this way. Causal cross holds: queries
 never interact. Reference: the dense masked form, `cab.ops.softmax_attention` with the same `allowed_mask`.
+Decode form (causal self): a KV cache (2·dim·L numbers per example); a generated token's one query reads
+the cache through SDPA (`flash_attn`'s kernel is for training-size query blocks), O(L·dim) per token.
 """
 
 from __future__ import annotations
@@ -41,7 +43,12 @@ except Exception:  # noqa: BLE001 - ImportError, or a CUDA build mismatch raised
 _SDPA_NAMES = {0: "sdpa_math", 1: "sdpa_flash", 2: "sdpa_efficient", 3: "sdpa_cudnn", 4: "sdpa_overrideable"}
 
 
-@register_attention("flash", patterns=set(Pattern))
+@register_attention(
+    "flash", patterns=set(Pattern),
+    family="exact",
+    paper={"title": "FlashAttention: Fast and Memory-Efficient Exact Attention with IO-Awareness",
+           "authors": "Dao et al.", "venue": "NeurIPS", "year": 2022, "url": "https://arxiv.org/abs/2205.14135"},
+)
 class FlashAttention(MultiHeadAttention):
     def __init__(self, dim: int, num_heads: int, pattern: Pattern, dropout: float = 0.0):
         super().__init__(dim, num_heads, pattern)
@@ -100,3 +107,10 @@ class FlashAttention(MultiHeadAttention):
 
     def state_size(self, seq_len: int) -> int:
         return kv_cache_size(self.dim, seq_len)  # the KV cache of the decoding form
+
+    # -- decode: a KV cache ------------------------------------------------------------------------
+    def prefill(self, x):
+        return self.kv_cache_prefill(x)
+
+    def step(self, x_t, state):
+        return self.kv_cache_step(x_t, state, lambda q, k, v: F.scaled_dot_product_attention(q, k, v))

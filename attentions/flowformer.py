@@ -30,7 +30,8 @@ competition sum over all queries, so an output depends on later queries. Padding
 in self, the padded positions as queries) are removed from every flow sum, and m, n count only the
 real positions. Recurrent form (causal): per head Σφ(k), Σφ(q), Σφ(k)/O, Σφ(q)/I (4·Dh), the
 competition normaliser Σexp(Ô) (1), the position count (1) and S = Σ φ(k)(V̂)ᵀ (Dh²):
-state_size = H·(Dh² + 4·Dh + 1) + 1.
+state_size = H·(Dh² + 4·Dh + 1) + 1. Decode: the prefix sums of the causal form, advanced by one
+position (each flow of the new token reads the sums that include it), O(H·Dh²) per token.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from __future__ import annotations
 import torch
 
 from cab import MultiHeadAttention, Pattern, register_attention
+from cab.attention import DecodeState
 from cab.ops import (
     causal_mask,
     keep_mask,
@@ -53,6 +55,9 @@ from cab.ops import (
     "flowformer",
     patterns={Pattern.NONCAUSAL_SELF, Pattern.CAUSAL_SELF, Pattern.NONCAUSAL_CROSS},
     unsupported={Pattern.CAUSAL_CROSS: "source outgoing flow and competition sum over all queries, so outputs depend on later queries"},
+    family="linear",
+    paper={"title": "Flowformer: Linearizing Transformers with Conservation Flows",
+           "authors": "Wu et al.", "venue": "ICML", "year": 2022, "url": "https://arxiv.org/abs/2202.06258"},
 )
 class FlowAttention(MultiHeadAttention):
     def __init__(self, dim: int, num_heads: int, pattern: Pattern, eps: float = 1e-6, chunk_size: int = 64):
@@ -100,7 +105,8 @@ class FlowAttention(MultiHeadAttention):
         # (4) aggregation: φ(Q)ᵀ(φ(K)ᵀ(V ⊙ competition)), a (Dh, Dh) state per head
         return self._aggregate(q * sink_in[..., None], k, v * competition[..., None], reference) * alloc[..., None]
 
-    def _causal(self, q, k, v, key_padding_mask, reference):
+    def _causal(self, q, k, v, key_padding_mask, reference, return_state=False):
+        """The causal flows as prefix sums; return_state: also the sums over all positions (the decode state)."""
         eps = self.eps
         b, _, length, _ = q.shape
         if reference:  # Σ_{j <= i} over real j as an L×L lower-triangular product (padded rows are zero)
@@ -126,7 +132,39 @@ class FlowAttention(MultiHeadAttention):
         expo = torch.exp(cons_source) * keep[..., 0]  # (B, H, L), 0 at padding
         competition = expo / prefix(expo[..., None])[..., 0].clamp(min=eps) * normal  # (B, H, L)
         out = self._aggregate(q * (sink_in / normal)[..., None], k, v * competition[..., None], reference)
-        return out * alloc[..., None]
+        if not return_state:
+            return out * alloc[..., None]
+        state = dict(sk=k.sum(2), sq=q.sum(2), sko=(k * source_out[..., None]).sum(2),  # (B, H, Dh) each
+                     sqi=(q * sink_in[..., None]).sum(2), zexp=expo.sum(2),  # (B, H)
+                     s=k.transpose(-1, -2) @ (v * competition[..., None]),  # Σ φ(k) V̂ᵀ: (B, H, Dh, Dh)
+                     count=normal[:, 0, -1:].expand(b, 1).clone())  # (B, 1) positions seen
+        return out * alloc[..., None], state
+
+    # -- decode: the prefix sums of the causal flows -----------------------------------------------
+    def prefill(self, x):
+        self.check_decode(x)
+        q, k, v = self.self_projections(x)
+        out, sums = self._causal(torch.sigmoid(q), torch.sigmoid(k), v, None, reference=False, return_state=True)
+        return self.out_proj(self.merge_heads(out)), DecodeState(x.shape[1], **sums)
+
+    def step(self, x_t, state):
+        eps, c = self.eps, state
+        q, k, v = (t[:, :, 0] for t in self.self_projections(x_t))  # (B, H, Dh)
+        q, k = torch.sigmoid(q), torch.sigmoid(k)
+        c["count"] = n = c["count"] + 1  # (B, 1): positions seen, this one included
+        c["sk"], c["sq"] = c["sk"] + k, c["sq"] + q
+        sink_in = n / ((q + eps) * (c["sk"] + eps)).sum(-1)  # (B, H)
+        source_out = n / ((k + eps) * (c["sq"] + eps)).sum(-1)
+        c["sko"], c["sqi"] = c["sko"] + k * source_out[..., None], c["sqi"] + q * sink_in[..., None]
+        cons_sink = ((q + eps) * (c["sko"] + eps)).sum(-1) / n
+        cons_source = (((k + eps) * (c["sqi"] + eps)).sum(-1) / n).clamp(-1.0, 1.0)
+        expo = torch.exp(cons_source)
+        c["zexp"] = c["zexp"] + expo
+        competition = expo / c["zexp"].clamp(min=eps) * n  # (B, H)
+        c["s"] = c["s"] + k[..., :, None] * (v * competition[..., None])[..., None, :]  # + φ(k) V̂ᵀ
+        out = ((q * (sink_in / n)[..., None])[..., None, :] @ c["s"])[..., 0, :]  # (B, H, Dh)
+        c.position += 1
+        return self.out_proj((out * torch.sigmoid(cons_sink)[..., None]).reshape(x_t.shape)), c
 
     def core_flops(self, batch: int, len_q: int, len_k: int) -> int:
         d, h = self.head_dim, self.num_heads

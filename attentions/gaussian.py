@@ -24,7 +24,8 @@ over the real tokens; `masked_softmax` along the sequence).
 Reference (`reference_forward`): noncausal, the statistics of each example's real tokens by torch.var and
 a softmax over them; causal, the step-by-step recurrence below.
 Recurrent form (causal): Σx, Σx² and the running log Σ m per feature, plus the count:
-state_size = 3·dim + 1.
+state_size = 3·dim + 1. Decode: that recurrence, one token at a time (O(G·dim) per token); prefill
+takes the sums over the prompt and log Σ m from its parallel form.
 Throughput (benchmarks/results/kernel_throughput.md): causal runs below 40% of the matmul rate: its
 running statistics are logcumsumexp and cumulative sums per feature, elementwise work that is not matrix products.
 """
@@ -37,6 +38,7 @@ import torch
 from torch import nn
 
 from cab import AttentionLayer, Pattern, register_attention
+from cab.attention import DecodeState
 from cab.ops import causal_prefix_mean, keep_mask, masked_softmax
 
 _NO_CROSS = "GAAM has no queries and keys: it re-weights one sequence by its own statistics"
@@ -46,6 +48,9 @@ _NO_CROSS = "GAAM has no queries and keys: it re-weights one sequence by its own
     "gaussian",
     patterns={Pattern.NONCAUSAL_SELF, Pattern.CAUSAL_SELF},
     unsupported={Pattern.NONCAUSAL_CROSS: _NO_CROSS, Pattern.CAUSAL_CROSS: _NO_CROSS},
+    family="attention-free",
+    paper={"title": "Gaussian Adaptive Attention is All You Need: Robust Contextual Representations Across Multiple Modalities",
+           "authors": "Ioannides et al.", "venue": "arXiv", "year": 2024, "url": "https://arxiv.org/abs/2401.11143"},
 )
 class GaussianAdaptiveAttention(AttentionLayer):
     def __init__(self, dim: int, num_heads: int, pattern: Pattern, num_gaussians: int = 4, eps: float = 1e-8):
@@ -125,3 +130,29 @@ class GaussianAdaptiveAttention(AttentionLayer):
 
     def state_size(self, seq_len: int) -> int:
         return 3 * self.dim + 1
+
+    # -- decode: Σv, Σv², log Σ m (B, H, Dh) and the count (B, 1, 1) -------------------------------
+    def prefill(self, x):
+        self.check_decode(x)
+        b, length, _ = x.shape
+        v = self.v_proj(x).view(b, length, self.num_heads, self.head_dim)  # (B, L, H, Dh), as `forward`
+        count = torch.arange(1, length + 1, dtype=x.dtype, device=x.device)[None, :, None, None]  # tokens <= i
+        mean, mean_square = causal_prefix_mean(v, None, dim=1), causal_prefix_mean(v.square(), None, dim=1)
+        var = count * (mean_square - mean.square()) / (count - 1).clamp(min=1.0)
+        logm = self.log_density(v, mean, var.clamp(min=0.0))  # (B, L, H, Dh)
+        log_z = torch.logcumsumexp(logm, dim=1)
+        out = self.out_proj((v * torch.exp(logm - log_z)).reshape(b, length, self.dim))
+        state = DecodeState(length, s1=v.sum(1), s2=v.square().sum(1), log_z=log_z[:, -1],
+                            count=x.new_full((b, 1, 1), float(length)))
+        return out, state
+
+    def step(self, x_t, state):
+        c = state
+        v = self.v_proj(x_t[:, 0]).view(-1, self.num_heads, self.head_dim)  # (B, H, Dh)
+        c["count"], c["s1"], c["s2"] = c["count"] + 1, c["s1"] + v, c["s2"] + v.square()
+        mean = c["s1"] / c["count"]
+        var = ((c["s2"] - c["count"] * mean.square()) / (c["count"] - 1).clamp(min=1.0)).clamp(min=0.0)
+        logm = self.log_density(v[:, None], mean[:, None], var[:, None])[:, 0]  # (B, H, Dh)
+        c["log_z"] = torch.logaddexp(c["log_z"], logm)
+        c.position += 1
+        return self.out_proj((v * torch.exp(logm - c["log_z"])).reshape(x_t.shape)), c

@@ -37,6 +37,9 @@ from cab.ops import allowed_mask, keep_mask, masked_softmax, sdpa_mask, softmax_
         Pattern.NONCAUSAL_CROSS: "queries are ranked by the attention they receive as keys, which needs queries and keys from one sequence",
         Pattern.CAUSAL_CROSS: "queries are ranked by the attention they receive as keys, which needs queries and keys from one sequence",
     },
+    family="routed",
+    paper={"title": "Dual Cross-Attention Learning for Fine-Grained Visual Categorization and Object Re-Identification",
+           "authors": "Zhu et al.", "venue": "CVPR", "year": 2022, "url": "https://arxiv.org/abs/2205.02151"},
 )
 class GlobalLocalCrossAttention(MultiHeadAttention):
     """DCAL global–local cross attention (Zhu et al. 2022) with a one-layer rollout ranking."""

@@ -16,9 +16,14 @@ causal mask), exact=False (a block's whole span, not a band per query).
 Cost per head: L/b blocks × (b × W) scores and products, W = b + 2h (causal: b + h): O(L·W·Dh).
 Memory: the key/value windows, (L/b)·W·Dh per head; never L×L.
 Reference: dense softmax attention with the blocks' windows as its mask (`window_allowed`).
+Decode (causal): a cache of the last b + h − 1 keys and values (the most a later token of a block reads:
+its block's earlier tokens and the halo); token i reads the newest i − (⌊i/b⌋·b − h) of them and its own,
+a suffix of the cache. state_size = 2·dim·min(b + h − 1, n), O((b + h)·dim) per token.
 """
 
 from __future__ import annotations
+
+import torch.nn.functional as F
 
 from cab import MultiHeadAttention, Pattern, register_attention
 from cab.ops import softmax_attention, window_allowed, window_attention, window_attention_flops
@@ -30,6 +35,9 @@ _NO_CROSS = "blocks and halos are neighbourhoods of aligned positions; a separat
     "halo",
     patterns={Pattern.NONCAUSAL_SELF, Pattern.CAUSAL_SELF},
     unsupported={Pattern.NONCAUSAL_CROSS: _NO_CROSS, Pattern.CAUSAL_CROSS: _NO_CROSS},
+    family="sparse",
+    paper={"title": "Scaling Local Self-Attention for Parameter Efficient Visual Backbones",
+           "authors": "Vaswani et al.", "venue": "CVPR", "year": 2021, "url": "https://arxiv.org/abs/2103.12731"},
 )
 class HaloAttention(MultiHeadAttention):
     """HaloNet blocked local attention (Vaswani et al. 2021), 1-D blocks with halos."""
@@ -67,4 +75,18 @@ class HaloAttention(MultiHeadAttention):
         # recurrent (streaming) form: the keys and values of the current window, b + h - 1 tokens
         if not self.causal:
             return None
-        return 2 * self.dim * (self.block_size + self.halo_size - 1)
+        return 2 * self.dim * min(self.block_size + self.halo_size - 1, seq_len)
+
+    # -- decode: the last b + h - 1 keys and values --------------------------------------------------
+    def prefill(self, x):
+        return self.kv_cache_prefill(x, window=self.block_size + self.halo_size - 1)
+
+    def step(self, x_t, state):
+        i = state.position  # this token's position
+        first = max(0, (i // self.block_size) * self.block_size - self.halo_size)  # its window's first key
+        visible = i - first + 1  # the newest keys of the cache and its own: a suffix
+
+        def read(q, k, v):  # k, v: (B, H, n, Dh), oldest first
+            return F.scaled_dot_product_attention(q, k[:, :, -visible:], v[:, :, -visible:])
+
+        return self.kv_cache_step(x_t, state, read)

@@ -32,6 +32,9 @@ Both softmaxes (the grouped one and the one inside each block) are `cab.ops.mask
 Reference: the grouped softmax as dense L×L weights, retrieval included (`reference_attend`).
 Throughput (benchmarks/results/kernel_throughput.md): below 40% of the matmul rate at long lengths: the
 retrieval is a top-k over blocks and the read of the retrieved blocks a gather (and a scatter backwards).
+Decode (causal; the paper's inference): a KV cache and the landmark key (its keys' mean) of every complete
+block; a token scores the n/ℓ landmarks, retrieves its top k blocks and reads them and its own block so far,
+O((n/ℓ + k·ℓ + ℓ)·dim) per token. state_size = 2·dim·n + dim·⌊n/ℓ⌋.
 """
 
 from __future__ import annotations
@@ -42,7 +45,8 @@ import torch
 from torch import nn
 
 from cab import MultiHeadAttention, Pattern, register_attention
-from cab.ops import ceil_div, keep_mask, masked_softmax, pad_to_multiple
+from cab.attention import DecodeState
+from cab.ops import TokenCache, ceil_div, keep_mask, masked_softmax, pad_to_multiple
 
 DENSE_MAX_KEYS = 1024  # up to this many keys, retrieved blocks are read densely (see the docstring)
 
@@ -53,6 +57,9 @@ _CROSS = "not ported: landmarks and the own-block softmax are defined on one seq
     "landmark",
     patterns={Pattern.CAUSAL_SELF, Pattern.NONCAUSAL_SELF},
     unsupported={Pattern.NONCAUSAL_CROSS: _CROSS, Pattern.CAUSAL_CROSS: _CROSS},
+    family="routed",
+    paper={"title": "Landmark Attention: Random-Access Infinite Context Length for Transformers",
+           "authors": "Mohtashami & Jaggi", "venue": "NeurIPS", "year": 2023, "url": "https://arxiv.org/abs/2305.16300"},
 )
 class LandmarkAttention(MultiHeadAttention):
     def __init__(self, dim: int, num_heads: int, pattern: Pattern, block_size: int = 50, top_k: int | None = 4,
@@ -177,3 +184,45 @@ class LandmarkAttention(MultiHeadAttention):
         read = n * ell if n * ell <= DENSE_MAX_KEYS else kk * ell  # keys scored and read per query
         per_query = 2 * n * d + 4 * read * d + 4 * ell * d  # landmark scores, retrieved blocks, own block
         return batch * self.num_heads * n * ell * per_query
+
+    def state_size(self, seq_len: int) -> int | None:
+        if not self.causal:
+            return None
+        return 2 * self.dim * seq_len + self.dim * (seq_len // self.block_size)  # KV cache + landmark keys
+
+    # -- decode: the KV cache and the complete blocks' key means (B, H, c, Dh) ----------------------
+    def prefill(self, x):
+        self.check_decode(x)
+        b, length, _ = x.shape
+        ell = self.block_size
+        q, k, v = self.self_projections(x)
+        out = self.out_proj(self.merge_heads(self.attend(q, k, v, None)))
+        done = length // ell  # complete blocks: their landmark keys (less the learned vector, added when read)
+        means = k[:, :, : done * ell].reshape(b, self.num_heads, done, ell, self.head_dim).sum(3) / ell
+        return out, DecodeState(length, k=TokenCache(k), v=TokenCache(v), landmarks=TokenCache(means))
+
+    def step(self, x_t, state):
+        i, ell = state.position, self.block_size
+        block, first = i // ell, (i // ell) * ell
+        q, k, v = self.self_projections(x_t)  # (B, H, 1, Dh)
+        keys, values = state["k"].extend(k), state["v"].extend(v)  # (B, H, i+1, Dh)
+        q = q / math.sqrt(self.head_dim)
+        own = q @ keys[:, :, first:].transpose(-1, -2)  # (B, H, 1, m): its own block so far
+        kk = block if self.top_k is None else min(self.top_k, block)  # retrievable: the complete blocks before
+        if kk:
+            landmarks = state["landmarks"].view() + self.landmark.to(q.dtype)[None, :, None]  # (B, H, c, Dh)
+            top = torch.topk(q @ landmarks.transpose(-1, -2), kk, dim=-1)  # (B, H, 1, k) per head
+            w = torch.softmax(torch.cat([top.values, own], dim=-1), dim=-1)  # the grouped softmax
+            b, h, _, d = keys.shape
+            at = (top.indices[..., None] * ell + torch.arange(ell, device=x_t.device)).reshape(b, h, kk * ell, 1)
+            k_sel = keys.gather(2, at.expand(-1, -1, -1, d)).view(b, h, kk, ell, d)  # the retrieved blocks
+            v_sel = values.gather(2, at.expand(-1, -1, -1, d)).view(b, h, kk, ell, d)
+            p_in = torch.softmax(q[:, :, None] @ k_sel.transpose(-1, -2), dim=-1)  # p_g(j): (B, H, k, 1, ℓ)
+            retrieved = (w[..., :kk, None] * (p_in @ v_sel)[..., 0, :][:, :, None]).sum(-2)  # Σ_g w_g p_g·V_g
+            out = retrieved + w[..., kk:] @ values[:, :, first:]
+        else:
+            out = torch.softmax(own, dim=-1) @ values[:, :, first:]
+        if i - first == ell - 1:  # the block is complete: its landmark key
+            state["landmarks"].extend(keys[:, :, first:].sum(2, keepdim=True) / ell)
+        state.position += 1
+        return self.out_proj(self.merge_heads(out)), state

@@ -40,7 +40,12 @@ def _log_xi(x: torch.Tensor, omega: torch.Tensor) -> torch.Tensor:
     return omega @ x.transpose(-1, -2) - 0.5 * x.square().sum(-1)[..., None, :]
 
 
-@register_attention("lara", patterns={Pattern.NONCAUSAL_SELF}, unsupported=_WHY)
+@register_attention(
+    "lara", patterns={Pattern.NONCAUSAL_SELF}, unsupported=_WHY,
+    family="linear",
+    paper={"title": "Linear Complexity Randomized Self-attention Mechanism",
+           "authors": "Zheng et al.", "venue": "ICML", "year": 2022, "url": "https://arxiv.org/abs/2204.04667"},
+)
 class LaraAttention(MultiHeadAttention):
     def __init__(self, dim: int, num_heads: int, pattern: Pattern, num_proposals: int = 16):
         super().__init__(dim, num_heads, pattern)

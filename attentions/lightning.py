@@ -31,6 +31,8 @@ positions, so it is used only for causal self; the other patterns use no decay, 
 holds trivially (every query reads the same Kᵀ V).
 
 Recurrent form: KV (Dh×Dh) per head, so state_size = H·Dh² (no normaliser: none is carried).
+Decode: KV = λ KV + φ(k) vᵀ, o = φ(q)ᵀ KV, then the RMS norm (`causal_recurrence_step` with the per-head
+decay), from the prompt's final KV; O(H·Dh²) per token at any context.
 """
 
 from __future__ import annotations
@@ -40,9 +42,11 @@ import math
 import torch
 
 from cab import MultiHeadAttention, Pattern, register_attention
+from cab.attention import DecodeState
 from cab.ops import (
     causal_recurrence,
     causal_recurrence_flops,
+    causal_recurrence_step,
     linear_attention,
     linear_attention_flops,
     linear_attention_reference,
@@ -69,7 +73,12 @@ def lightning_decay(num_heads: int) -> torch.Tensor:
     return torch.exp(-torch.tensor(alibi_slopes(num_heads), dtype=torch.float64))
 
 
-@register_attention("lightning", patterns=set(Pattern))
+@register_attention(
+    "lightning", patterns=set(Pattern),
+    family="linear",
+    paper={"title": "Lightning Attention-2: A Free Lunch for Handling Unlimited Sequence Lengths in Large Language Models",
+           "authors": "Qin et al.", "venue": "arXiv", "year": 2024, "url": "https://arxiv.org/abs/2401.04658"},
+)
 class LightningAttention(MultiHeadAttention):
     def __init__(self, dim: int, num_heads: int, pattern: Pattern, block_size: int = 64, decay: bool | None = None,
                  norm_eps: float = 1e-6, segment_blocks: int = 16):
@@ -130,3 +139,23 @@ class LightningAttention(MultiHeadAttention):
 
     def state_size(self, seq_len: int) -> int:
         return self.num_heads * self.head_dim * self.head_dim  # KV per head
+
+    # -- decode: KV (B, H, Dh, Dh) ----------------------------------------------------------------
+    def prefill(self, x):
+        self.check_decode(x)
+        q, k, v = self.self_projections(x)
+        phi_q, phi_k, log_decay = silu_feature_map(q), silu_feature_map(k), self._log_decay(q.dtype)
+        kv, outs = None, []  # the segments of `linear_core`, keeping the final KV
+        for start in range(0, x.shape[1], self._segment_length()):
+            qs, ks, vs = (t[:, :, start : start + self._segment_length()] for t in (phi_q, phi_k, v))
+            out, kv = causal_recurrence(qs, ks, vs, log_decay, kv, self.block_size, return_final_state=True)
+            outs.append(out)
+        out = self._rms_norm(torch.cat(outs, dim=2))
+        return self.out_proj(self.merge_heads(out)), DecodeState(x.shape[1], kv=kv)
+
+    def step(self, x_t, state):
+        q, k, v = (t[:, :, 0] for t in self.self_projections(x_t))  # (B, H, Dh)
+        out, state["kv"] = causal_recurrence_step(silu_feature_map(q), silu_feature_map(k), v, state["kv"],
+                                                  self._log_decay(q.dtype))
+        state.position += 1
+        return self.out_proj(self._rms_norm(out).reshape(x_t.shape)), state

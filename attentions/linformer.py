@@ -30,6 +30,9 @@ from cab.ops import softmax_attention, softmax_attention_flops, zero_padding
     "linformer",
     patterns={Pattern.NONCAUSAL_SELF, Pattern.NONCAUSAL_CROSS, Pattern.CAUSAL_CROSS},
     unsupported={Pattern.CAUSAL_SELF: "each projected key/value row mixes every position, future ones included"},
+    family="low-rank",
+    paper={"title": "Linformer: Self-Attention with Linear Complexity",
+           "authors": "Wang et al.", "venue": "arXiv", "year": 2020, "url": "https://arxiv.org/abs/2006.04768"},
 )
 class LinformerAttention(MultiHeadAttention):
     def __init__(self, dim: int, num_heads: int, pattern: Pattern, proj_len: int = 256, max_len: int = 16384):

@@ -15,6 +15,8 @@ positions are zeroed before each convolution, which is what a shorter sequence's
 Cost: O(L·dim²) for the three projections plus O(L·dim·(5+7)) for the depthwise convolutions —
 linear in L; the GELU and the gate product are elementwise and not counted.
 Reference (`reference_forward`): each convolution as its sum over taps of shifted inputs.
+Decode (causal): each depthwise convolution keeps its last (k−1)·dilation inputs per channel (`state_size`),
+and a token's output is one tap sum per convolution: O(dim² + dim·(k + k_d)) per token.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cab import AttentionLayer, Pattern, register_attention
+from cab.attention import DecodeState
 from cab.ops import keep_mask
 
 _NO_CROSS = "attention-free convolutional gate over one sequence: it has no keys/values to take from a source"
@@ -33,6 +36,9 @@ _NO_CROSS = "attention-free convolutional gate over one sequence: it has no keys
     "lka",
     patterns={Pattern.NONCAUSAL_SELF, Pattern.CAUSAL_SELF},
     unsupported={Pattern.NONCAUSAL_CROSS: _NO_CROSS, Pattern.CAUSAL_CROSS: _NO_CROSS},
+    family="attention-free",
+    paper={"title": "Visual Attention Network",
+           "authors": "Guo et al.", "venue": "CVMJ", "year": 2023, "url": "https://arxiv.org/abs/2202.09741"},
 )
 class LargeKernelAttention(AttentionLayer):
     """VAN large kernel attention (Guo et al. 2022) on 1-D sequences; `num_heads` is unused."""
@@ -104,3 +110,29 @@ class LargeKernelAttention(AttentionLayer):
         if not self.causal:
             return None
         return self.dim * ((self.kernel_size - 1) + (self.dilated_kernel_size - 1) * self.dilation)
+
+    # -- decode: each depthwise convolution's last inputs, (B, dim, reach) ---------------------------
+    def prefill(self, x):
+        self.check_decode(x)
+        u = F.gelu(self.proj_1(x)).transpose(1, 2)  # (B, dim, L), as `forward`
+        a = self.conv0(self._pad(u, self.kernel_size - 1))
+        spatial_reach = (self.dilated_kernel_size - 1) * self.dilation
+
+        def last(t, reach):  # the last `reach` inputs, zeros before the sequence
+            return F.pad(t, (reach, 0))[:, :, t.shape[-1]:]
+
+        state = DecodeState(x.shape[1], u=last(u, self.kernel_size - 1), a=last(a, spatial_reach))
+        a = self.conv1(self.conv_spatial(self._pad(a, spatial_reach)))
+        return self.proj_2((u * a).transpose(1, 2)), state
+
+    def step(self, x_t, state):
+        u = F.gelu(self.proj_1(x_t[:, 0]))  # (B, dim)
+        window = torch.cat([state["u"], u[..., None]], dim=-1)  # (B, dim, k): conv0's inputs
+        a = (window * self.conv0.weight[:, 0]).sum(-1) + self.conv0.bias
+        spatial = torch.cat([state["a"], a[..., None]], dim=-1)  # (B, dim, (k_d-1)·d + 1)
+        taps = spatial[..., :: self.dilation]  # every dilation-th input, oldest first: the dilated kernel's taps
+        a2 = (taps * self.conv_spatial.weight[:, 0]).sum(-1) + self.conv_spatial.bias
+        a3 = a2 @ self.conv1.weight[:, :, 0].T + self.conv1.bias  # pointwise
+        state["u"], state["a"] = window[..., 1:], spatial[..., 1:]
+        state.position += 1
+        return self.proj_2(u * a3)[:, None], state

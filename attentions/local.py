@@ -15,9 +15,13 @@ Memory and time O(L·(C + 2·window)·Dh); no L×L tensor. CAB's default window 
 Cross patterns are unsupported: a window needs aligned query and key positions.
 FLOPs per head: n·(2·C·span·Dh + 2·C·span·Dh), n = ⌈L/C⌉ (the whole span is computed).
 Reference: dense softmax attention with the band as its mask (`window_allowed`).
+Decode form (causal self): a cache of the last `window` keys and values (a generated token adds its own
+before reading): state 2·dim·window numbers per example, O(window·dim) per token at any context.
 """
 
 from __future__ import annotations
+
+import torch.nn.functional as F
 
 from cab import MultiHeadAttention, Pattern, register_attention
 from cab.ops import softmax_attention, window_allowed, window_attention, window_attention_flops
@@ -29,6 +33,9 @@ _NO_CROSS = "a sliding window needs aligned query and key positions; cross atten
     "local",
     patterns={Pattern.NONCAUSAL_SELF, Pattern.CAUSAL_SELF},
     unsupported={Pattern.NONCAUSAL_CROSS: _NO_CROSS, Pattern.CAUSAL_CROSS: _NO_CROSS},
+    family="sparse",
+    paper={"title": "Image Transformer",
+           "authors": "Parmar et al.", "venue": "ICML", "year": 2018, "url": "https://arxiv.org/abs/1802.05751"},
 )
 class LocalAttention(MultiHeadAttention):
     def __init__(self, dim: int, num_heads: int, pattern: Pattern, window: int = 15):
@@ -54,8 +61,17 @@ class LocalAttention(MultiHeadAttention):
         return window_attention_flops(batch, self.num_heads, len_q, d, d, self.window, self._after)
 
     def state_size(self, seq_len: int) -> int | None:
-        # causal: the last `window`+1 keys and values; noncausal windows look ahead, so no recurrence
-        return 2 * self.dim * min(self.window + 1, seq_len) if self.causal else None
+        # causal: the last `window` keys and values, carried from one token to the next (the next token
+        # brings its own); noncausal windows look ahead, so no recurrence
+        return 2 * self.dim * min(self.window, seq_len) if self.causal else None
+
+    # -- decode: a window cache ------------------------------------------------------------------
+    def prefill(self, x):
+        return self.kv_cache_prefill(x, window=self.window)
+
+    def step(self, x_t, state):
+        # the cache holds keys i-w..i-1 and the token its own: exactly the band, no mask
+        return self.kv_cache_step(x_t, state, lambda q, k, v: F.scaled_dot_product_attention(q, k, v))
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", window={self.window}"

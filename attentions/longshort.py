@@ -24,6 +24,11 @@ CausalLS are left to the backbone. Cross patterns are unsupported (the window ne
 positions, the projection is of the one sequence).
 FLOPs: Q/K/V/output projections; W_p 2·L·dim·H·r; per head the compression 2·2·r·L·Dh (causal:
 over the padded length), long-term 2·2·L·R·Dh (R compressed rows), the window's blocked products.
+Decode (causal): the last w − 1 keys and values, the compressed K̄, V̄ of every complete chunk, and the
+current chunk's compression so far (per rank row a softmax-weighted sum of its keys and values and their
+log-normaliser, advanced token by token as ABC's memories are); when a chunk completes its rows join
+K̄, V̄. A token reads w + ⌊n/l⌋·rank keys under one softmax: O((w + n·rank/l)·dim) per token.
+state_size = 2·dim·min(w − 1, n) + 2·dim·rank·⌊n/l⌋ + 2·dim·rank + H·rank.
 """
 
 from __future__ import annotations
@@ -32,7 +37,9 @@ import torch
 from torch import nn
 
 from cab import MultiHeadAttention, Pattern, register_attention
+from cab.attention import DecodeState
 from cab.ops import (
+    TokenCache,
     ceil_div,
     keep_mask,
     masked_softmax,
@@ -51,6 +58,9 @@ _NO_CROSS = "the short-term window needs aligned positions and the dynamic proje
     "longshort",
     patterns={Pattern.NONCAUSAL_SELF, Pattern.CAUSAL_SELF},
     unsupported={Pattern.NONCAUSAL_CROSS: _NO_CROSS, Pattern.CAUSAL_CROSS: _NO_CROSS},
+    family="low-rank",
+    paper={"title": "Long-Short Transformer: Efficient Transformers for Language and Vision",
+           "authors": "Zhu et al.", "venue": "NeurIPS", "year": 2021, "url": "https://arxiv.org/abs/2107.02192"},
 )
 class LongShortAttention(MultiHeadAttention):
     def __init__(self, dim: int, num_heads: int, pattern: Pattern, window_size: int | None = None,
@@ -145,6 +155,49 @@ class LongShortAttention(MultiHeadAttention):
         before, after = self._window_extent()
         short = window_attention_flops(batch, h, length, d, d, before, after, None if self.causal else self.window_size)
         return batch * (dproj + h * (compress + long)) + short
+
+    def state_size(self, seq_len: int) -> int | None:
+        if not self.causal:
+            return None
+        short = 2 * self.dim * min(self.window_size - 1, seq_len)
+        long = 2 * self.dim * self.rank * (seq_len // self.chunk_size)
+        return short + long + 2 * self.dim * self.rank + self.num_heads * self.rank  # + the open chunk's sums
+
+    # -- decode: window cache, compressed chunks, the open chunk's running compression -----------------
+    def prefill(self, x):
+        self.check_decode(x)
+        b, length, _ = x.shape
+        h, r, c = self.num_heads, self.rank, self.chunk_size
+        _, k, v, k_bar, v_bar, _ = self.memories(x, None)
+        done = length // c  # complete chunks: their compressed rows are read from now on
+        state = DecodeState(length, k=TokenCache(k, self.window_size - 1), v=TokenCache(v, self.window_size - 1),
+                            k_long=TokenCache(k_bar[:, :, : done * r]), v_long=TokenCache(v_bar[:, :, : done * r]))
+        logits = self.dproj(x[:, done * c :]).view(b, length - done * c, h, r).permute(0, 2, 3, 1)  # (B, H, r, rest)
+        z = torch.logsumexp(logits, dim=-1)  # (B, H, r); -inf for an empty open chunk
+        p = torch.exp(logits - z[..., None]).nan_to_num(0.0)  # the open chunk's compression weights
+        state.update(z=z, k_open=p @ k[:, :, done * c :], v_open=p @ v[:, :, done * c :])  # (B, H, r, Dh)
+        return self.forward(x), state
+
+    def step(self, x_t, state):
+        i, h, r, c = state.position, self.num_heads, self.rank, self.chunk_size
+        q = self.split_heads(self.q_proj(x_t)) * self.head_dim**-0.5  # (B, H, 1, Dh), as `memories`
+        k = self.split_heads(self.ln_short(self.k_proj(x_t)))
+        v = self.split_heads(self.ln_short(self.v_proj(x_t)))
+        alpha = self.dproj(x_t).view(-1, h, r)  # (B, H, r): this token's compression logits
+        z = torch.logaddexp(state["z"], alpha)
+        for name, t in (("k_open", k), ("v_open", v)):  # M' = e^(z − z') M + e^(α − z') t
+            state[name] = torch.exp(state["z"] - z)[..., None] * state[name] + torch.exp(alpha - z)[..., None] * t
+        state["z"] = z
+        if i % c == c - 1:  # the chunk is complete: its rows, normalised by LN_l, become readable (chunk end <= i)
+            state["k_long"].extend(self._ln_heads(self.ln_long, state["k_open"]))
+            state["v_long"].extend(self._ln_heads(self.ln_long, state["v_open"]))
+            state["z"] = torch.full_like(z, float("-inf"))
+            state["k_open"], state["v_open"] = torch.zeros_like(state["k_open"]), torch.zeros_like(state["v_open"])
+        keys = torch.cat([state["k_long"].view(), state["k"].extend(k)], dim=2)  # [K̄; the window]
+        values = torch.cat([state["v_long"].view(), state["v"].extend(v)], dim=2)
+        out = torch.softmax(q @ keys.transpose(-1, -2), dim=-1) @ values  # one softmax over the union
+        state.position += 1
+        return self.out_proj(self.merge_heads(out)), state
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", window_size={self.window_size}, rank={self.rank}"

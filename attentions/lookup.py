@@ -34,6 +34,9 @@ from cab.ops import keep_mask, masked_softmax, segment_means, segment_means_refe
     "lookup",
     patterns={Pattern.NONCAUSAL_SELF, Pattern.NONCAUSAL_CROSS, Pattern.CAUSAL_CROSS},
     unsupported={Pattern.CAUSAL_SELF: "the compressed tokens pool and read the whole sequence, so outputs depend on later inputs"},
+    family="low-rank",
+    paper={"title": "LookupViT: Compressing visual information to a limited number of tokens",
+           "authors": "Koner et al.", "venue": "ECCV", "year": 2024, "url": "https://arxiv.org/abs/2407.12753"},
 )
 class LookupAttention(MultiHeadAttention):
     """LookupViT multi-head bidirectional cross attention (Koner et al. 2024), 1-D."""

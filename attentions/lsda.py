@@ -18,14 +18,22 @@ each of its groups is G adjacent tokens.
 
 Cost per head: 4·L·G·Dh (SDA) and 4·Lp·G·Dh (LDA), Lp = L rounded up to a multiple of I·G.
 Memory O(L·G) per head. Reference: dense softmax attention with each head's group mask.
+Decode (causal): the SDA heads keep their last G − 1 keys and values (the most a token reads of its own
+group before it), the LDA heads their last I·G − 1 (their window); token i reads, of those and its own,
+the suffix from its group's start (SDA) and every I-th back to its window's start (LDA): slices, no mask.
+state_size = 2·Dh·(h_SDA·min(G − 1, n) + h_LDA·min(I·G − 1, n)), O(G·I·Dh) per token and head.
 """
 
 from __future__ import annotations
 
 import torch
 
+import torch.nn.functional as F
+
 from cab import MultiHeadAttention, Pattern, register_attention
+from cab.attention import DecodeState
 from cab.ops import (
+    TokenCache,
     ceil_div,
     keep_mask,
     pad_to_multiple,
@@ -41,6 +49,9 @@ _NO_CROSS = "groups of adjacent and interval-sampled tokens are defined on one s
     "lsda",
     patterns={Pattern.NONCAUSAL_SELF, Pattern.CAUSAL_SELF},
     unsupported={Pattern.NONCAUSAL_CROSS: _NO_CROSS, Pattern.CAUSAL_CROSS: _NO_CROSS},
+    family="sparse",
+    paper={"title": "CrossFormer: A Versatile Vision Transformer Hinging on Cross-scale Attention",
+           "authors": "Wang et al.", "venue": "ICLR", "year": 2022, "url": "https://arxiv.org/abs/2108.00154"},
 )
 class LongShortDistanceAttention(MultiHeadAttention):
     """CrossFormer LSDA (Wang et al. 2022): SDA heads + LDA heads."""
@@ -111,5 +122,31 @@ class LongShortDistanceAttention(MultiHeadAttention):
         # sampled tokens (I·G at most), keys and values, per head half
         if not self.causal:
             return None
-        hd = self.head_dim
-        return 2 * hd * (self.short_heads * self.group_size + (self.num_heads - self.short_heads) * self.group_size * self.interval)
+        g, span = self.group_size, self.group_size * self.interval
+        return 2 * self.head_dim * (self.short_heads * min(g - 1, seq_len)
+                                    + (self.num_heads - self.short_heads) * min(span - 1, seq_len))
+
+    # -- decode: the SDA heads' last G - 1 keys and values, the LDA heads' last I·G - 1 ---------------
+    def prefill(self, x):
+        self.check_decode(x)
+        q, k, v = self.self_projections(x)
+        out = self.out_proj(self.merge_heads(self.attend(q, k, v, None)))
+        hs, g, span = self.short_heads, self.group_size, self.group_size * self.interval
+        return out, DecodeState(x.shape[1], k_short=TokenCache(k[:, :hs], g - 1), v_short=TokenCache(v[:, :hs], g - 1),
+                                k_long=TokenCache(k[:, hs:], span - 1), v_long=TokenCache(v[:, hs:], span - 1))
+
+    def step(self, x_t, state):
+        i, hs, g, interval = state.position, self.short_heads, self.group_size, self.interval
+        q, k, v = self.self_projections(x_t)  # (B, H, 1, Dh)
+        # SDA: its group's tokens up to i, the newest i - ⌊i/G⌋·G + 1 (a suffix)
+        visible = i - (i // g) * g + 1
+        keys, values = state["k_short"].extend(k[:, :hs]), state["v_short"].extend(v[:, :hs])
+        outs = [F.scaled_dot_product_attention(q[:, :hs], keys[:, :, -visible:], values[:, :, -visible:])]
+        if self.num_heads > hs:  # LDA: positions j ≡ i (mod I) from its window's start, every I-th back from i
+            back = i - (i // (g * interval)) * (g * interval)  # positions since the window's start
+            keys, values = state["k_long"].extend(k[:, hs:]), state["v_long"].extend(v[:, hs:])
+            first = keys.shape[2] - 1 - interval * (back // interval)
+            outs.append(F.scaled_dot_product_attention(q[:, hs:], keys[:, :, first::interval],
+                                                       values[:, :, first::interval]))
+        state.position += 1
+        return self.out_proj(self.merge_heads(torch.cat(outs, dim=1))), state

@@ -43,6 +43,8 @@ decays the state: it is skipped in both directions.
 
 Recurrent form: h (E×N) and the conv's last k-1 inputs (E×(k-1)) per direction:
     state_size = E·N + E·(k-1)   (Zoology's `Mamba.state_size` counts E·N = 2·dim·N only).
+Decode (causal): the conv reads its k-1 kept inputs and the token's, then one step of the scan
+(`causal_recurrence_step` with the decay (Δ_t, A)); prefill keeps the scan's final h. O(E·N) per token.
 """
 
 from __future__ import annotations
@@ -54,7 +56,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from cab import AttentionLayer, Pattern, register_attention
-from cab.ops import causal_recurrence
+from cab.attention import DecodeState
+from cab.ops import causal_recurrence, causal_recurrence_step
 
 
 def selective_scan(u, delta, A, Bm, Cm, D):
@@ -123,6 +126,9 @@ _NO_CROSS = "a state-space mixer has no keys: there is no source sequence to att
     "mamba",
     patterns={Pattern.CAUSAL_SELF, Pattern.NONCAUSAL_SELF},
     unsupported={Pattern.NONCAUSAL_CROSS: _NO_CROSS, Pattern.CAUSAL_CROSS: _NO_CROSS},
+    family="state-space",
+    paper={"title": "Mamba: Linear-Time Sequence Modeling with Selective State Spaces",
+           "authors": "Gu & Dao", "venue": "arXiv", "year": 2023, "url": "https://arxiv.org/abs/2312.00752"},
 )
 class MambaMixer(AttentionLayer):
     def __init__(self, dim: int, num_heads: int, pattern: Pattern, d_state: int = 16, d_conv: int = 4,
@@ -169,3 +175,32 @@ class MambaMixer(AttentionLayer):
     def state_size(self, seq_len: int) -> int:
         per_direction = self.inner * self.d_state + self.inner * (self.d_conv - 1)  # h and the conv buffer
         return per_direction if self.causal else 2 * per_direction
+
+    # -- decode: h (B, E, N) and the conv's last k-1 inputs (B, E, k-1) ----------------------------
+    def prefill(self, x):
+        self.check_decode(x)
+        br = self.forward_branch
+        xs, z = self.in_proj(x).chunk(2, dim=-1)  # (B, L, E) each
+        u, delta, Bm, Cm = br.selection(xs, None)
+        v = (delta * u).transpose(1, 2)[..., None]  # (B, E, L, 1), as `selective_scan`
+        out, h = causal_recurrence(Cm[:, None], Bm[:, None], v, (delta.transpose(1, 2), -torch.exp(br.A_log)),
+                                   return_final_state=True)  # (B, E, L, 1), (B, E, N, 1)
+        y = out[..., 0].transpose(1, 2) + u * br.D
+        keep = self.d_conv - 1  # the conv's inputs the next token reads (zeros before the first)
+        conv = F.pad(xs.transpose(1, 2), (keep, 0))[:, :, xs.shape[1]:]  # (B, E, k-1)
+        return self.out_proj(y * F.silu(z)), DecodeState(x.shape[1], h=h[..., 0], conv=conv)
+
+    def step(self, x_t, state):
+        br = self.forward_branch
+        xs, z = self.in_proj(x_t[:, 0]).chunk(2, dim=-1)  # (B, E) each
+        window = torch.cat([state["conv"], xs[..., None]], dim=-1)  # (B, E, k): the conv's inputs
+        u = F.silu((window * br.conv_weight[:, 0]).sum(-1) + br.conv_bias)  # the causal conv at this token
+        dt_r, Bm, Cm = torch.split(br.x_proj(u), [br.dt_rank, br.d_state, br.d_state], dim=-1)
+        delta = F.softplus(br.dt_proj(dt_r))  # (B, E)
+        # h' = exp(Δ A) ⊙ h + (Δ u) B, y = h'·C: heads = the E channels, Dk = N, Dv = 1
+        y, h = causal_recurrence_step(Cm[:, None], Bm[:, None], (delta * u)[..., None], state["h"][..., None],
+                                      (delta, -torch.exp(br.A_log)))
+        state["h"], state["conv"] = h[..., 0], window[..., 1:]
+        state.position += 1
+        y = y[..., 0] + u * br.D  # (B, E)
+        return self.out_proj(y * F.silu(z))[:, None], state

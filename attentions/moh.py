@@ -17,6 +17,8 @@ saving is nominal on a CPU. The load-balancing loss of the paper (mean gate × f
 (H - h_s)²) is stored in `self.aux_loss` in training mode. Defaults follow the paper's 75%-active
 configurations: h_s = H/4 shared (at least 1), k such that about 3/4 of the heads are active.
 Reference: the heads by the dense masked form (`cab.ops.softmax_attention`), times the same gates.
+Decode form (causal self): a KV cache of every head (2·dim·L numbers per example, the inactive heads'
+keys too: a later token may route to them); a generated token's gates come from its own input.
 """
 
 from __future__ import annotations
@@ -26,10 +28,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from cab import MultiHeadAttention, Pattern, register_attention
+from cab.attention import kv_cache_size
 from cab.ops import allowed_mask, sdpa_mask, softmax_attention
 
 
-@register_attention("moh", patterns=set(Pattern))
+@register_attention(
+    "moh", patterns=set(Pattern),
+    family="routed",
+    paper={"title": "MoH: Multi-Head Attention as Mixture-of-Head Attention",
+           "authors": "Jin et al.", "venue": "arXiv", "year": 2024, "url": "https://arxiv.org/abs/2410.11842"},
+)
 class MixtureOfHeadAttention(MultiHeadAttention):
     def __init__(self, dim: int, num_heads: int, pattern: Pattern, shared_heads: int | None = None,
                  top_k: int | None = None):
@@ -86,3 +94,18 @@ class MixtureOfHeadAttention(MultiHeadAttention):
         attention = 4 * batch * len_q * len_k * self.dim  # every head, as the reference computes them
         router = 2 * batch * len_q * self.dim * (self.routed_heads + (self.shared_heads if self.shared_router else 0) + 2)
         return attention + router
+
+    def state_size(self, seq_len: int) -> int | None:
+        return kv_cache_size(self.dim, seq_len) if self.causal else None  # the KV cache of the decode form
+
+    # -- decode: a KV cache; each token's heads weighted by its own gates --------------------------
+    def prefill(self, x):
+        self._x = x
+        try:
+            return self.kv_cache_prefill(x)
+        finally:
+            self._x = None
+
+    def step(self, x_t, state):
+        gates = self.head_gates(x_t).transpose(1, 2)[..., None]  # (B, H, 1, 1) from the token's input
+        return self.kv_cache_step(x_t, state, lambda q, k, v: F.scaled_dot_product_attention(q, k, v) * gates)

@@ -49,7 +49,12 @@ def iterative_pinv(a: torch.Tensor, iterations: int) -> torch.Tensor:
     return z
 
 
-@register_attention("nystromformer", patterns={Pattern.NONCAUSAL_SELF}, unsupported=_WHY)
+@register_attention(
+    "nystromformer", patterns={Pattern.NONCAUSAL_SELF}, unsupported=_WHY,
+    family="low-rank",
+    paper={"title": "Nyströmformer: A Nyström-Based Algorithm for Approximating Self-Attention",
+           "authors": "Xiong et al.", "venue": "AAAI", "year": 2021, "url": "https://arxiv.org/abs/2102.03902"},
+)
 class NystromAttention(MultiHeadAttention):
     def __init__(self, dim: int, num_heads: int, pattern: Pattern, num_landmarks: int = 16, pinv_iterations: int = 6,
                  conv_kernel_size: int | None = None):

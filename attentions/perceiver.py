@@ -30,6 +30,9 @@ from cab.ops import keep_mask, masked_softmax, sdpa_mask, softmax_attention_flop
     "perceiver",
     patterns={Pattern.NONCAUSAL_SELF, Pattern.NONCAUSAL_CROSS, Pattern.CAUSAL_CROSS},
     unsupported={Pattern.CAUSAL_SELF: "the latents read every position, so every output depends on later inputs"},
+    family="low-rank",
+    paper={"title": "Dynamic Perceiver for Efficient Visual Recognition",
+           "authors": "Han et al.", "venue": "ICCV", "year": 2023, "url": "https://arxiv.org/abs/2306.11248"},
 )
 class PerceiverAttention(MultiHeadAttention):
     """Two-hop latent cross attention (Dynamic Perceiver / Perceiver)."""

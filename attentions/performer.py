@@ -23,7 +23,10 @@ Random features are fixed after init; they are not redrawn (set `redraw=True` to
 every training forward).
 Reference: the quadratic masked form of the unstabilised features (`linear_attention_reference`).
 FLOPs per head: features 2·(Lq+Lk)·m·Dh, plus `linear_attention_flops` with F = m. The exp/norm
-work is elementwise, O(L·m). State of the recurrent form: S (m×Dh) and z (m) per head.
+work is elementwise, O(L·m). State of the recurrent form: S (m×Dh) and z (m) per head, in units of the
+running key maximum c, which the state carries too (one number per head): a new key raises c to
+c' = max(c, max_f log φ(k)), the state is decayed by exp(c - c') and the key added as exp(log φ(k) - c'),
+the same numbers the causal parallel form computes. state_size = H·(m·Dh + m + 1).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from __future__ import annotations
 import torch
 
 from cab import MultiHeadAttention, Pattern, register_attention
+from cab.attention import DecodeState
 from cab.ops import (
     favor_key_features,
     favor_log_features,
@@ -38,11 +42,17 @@ from cab.ops import (
     linear_attention,
     linear_attention_flops,
     linear_attention_reference,
+    linear_attention_step,
     orthogonal_gaussian,
 )
 
 
-@register_attention("performer", patterns=set(Pattern))
+@register_attention(
+    "performer", patterns=set(Pattern),
+    family="linear",
+    paper={"title": "Rethinking Attention with Performers",
+           "authors": "Choromanski et al.", "venue": "ICLR", "year": 2021, "url": "https://arxiv.org/abs/2009.14794"},
+)
 class PerformerAttention(MultiHeadAttention):
     def __init__(self, dim: int, num_heads: int, pattern: Pattern, num_features: int = 16, chunk_size: int = 32,
                  redraw: bool = False):
@@ -76,7 +86,33 @@ class PerformerAttention(MultiHeadAttention):
                                                  chunk_size=self.chunk_size, decay="position")
 
     def state_size(self, seq_len: int) -> int:
-        return self.num_heads * (self.num_features * self.head_dim + self.num_features)
+        # S (m×Dh) and z (m) per head; causal also the running key maximum c of the stabiliser
+        per_head = self.num_features * self.head_dim + self.num_features
+        return self.num_heads * (per_head + (1 if self.causal else 0))
+
+    # -- decode: [S z] (B, H, m, Dh+1) in units of the running key maximum c (B, H) ----------------
+    def prefill(self, x):
+        self.check_decode(x)
+        q, k, v = self.self_projections(x)
+        log_k = favor_log_features(k, self.omega)  # (B, H, L, m)
+        phi_k, log_decay = favor_key_features(log_k, None, causal=True)
+        out, s = linear_attention(favor_query_features(favor_log_features(q, self.omega)), phi_k, v, causal=True,
+                                  eps=torch.finfo(v.dtype).tiny, log_decay=log_decay, chunk_size=self.chunk_size,
+                                  return_final_state=True)
+        c = log_k.amax(dim=(-2, -1)).detach()  # the running maximum after the last key, (B, H)
+        return self.out_proj(self.merge_heads(out)), DecodeState(x.shape[1], s=s, c=c)
+
+    def step(self, x_t, state):
+        q, k, v = self.self_projections(x_t)  # (B, H, 1, Dh)
+        log_k = favor_log_features(k, self.omega)[:, :, 0]  # (B, H, m)
+        c = torch.maximum(state["c"], log_k.amax(-1).detach())  # c' = max(c, this key's maximum)
+        phi_k = torch.exp(log_k - c[..., None])  # <= 1, as favor_key_features stores it
+        phi_q = favor_query_features(favor_log_features(q, self.omega))[:, :, 0]
+        out, state["s"] = linear_attention_step(phi_q, phi_k, v[:, :, 0], state["s"], eps=torch.finfo(v.dtype).tiny,
+                                                log_decay=state["c"] - c)  # exp(c - c') <= 1 on the old state
+        state["c"] = c
+        state.position += 1
+        return self.out_proj(out.reshape(x_t.shape)), state
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", num_features={self.num_features}"

@@ -55,7 +55,12 @@ def hash_uniform_ints(rows: torch.Tensor, cols: torch.Tensor, seed: int) -> torc
     return x
 
 
-@register_attention("probsparse", patterns={Pattern.NONCAUSAL_SELF}, unsupported=_WHY)
+@register_attention(
+    "probsparse", patterns={Pattern.NONCAUSAL_SELF}, unsupported=_WHY,
+    family="routed",
+    paper={"title": "Informer: Beyond Efficient Transformer for Long Sequence Time-Series Forecasting",
+           "authors": "Zhou et al.", "venue": "AAAI", "year": 2021, "url": "https://arxiv.org/abs/2012.07436"},
+)
 class ProbSparseAttention(MultiHeadAttention):
     def __init__(self, dim: int, num_heads: int, pattern: Pattern, factor: int = 5, query_chunk: int = 1024):
         super().__init__(dim, num_heads, pattern)

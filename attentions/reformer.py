@@ -31,6 +31,11 @@ FLOPs: QK/V/output projections 3·2·L·dim²; per round and head hashing 2·L·
 windowed products (blocks of 32 over a span of 32 + window); sorting is not a matrix product.
 Throughput (benchmarks/results/kernel_throughput.md): below 40% of the matmul rate: each hash round sorts
 the sequence by bucket and gathers/scatters it back; sorting and gathers are not matrix products.
+Decode (causal, eval): in sorted order a token's window is its bucket's 2b latest earlier tokens and itself,
+so per round a ring of 2b slots per (head, bucket) holds the normalised keys and values, with a count of
+the tokens written (slot = count mod 2b). A token hashes itself, reads its bucket's ring and its own key
+(at the self score), writes itself into the ring; the rounds merge by their lse: O(rounds·(nb + 2b)·dim) per
+token. The state has a fixed size, allocated whole: state_size = rounds·H·nb·(2·2b·Dh + 1).
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from __future__ import annotations
 import torch
 
 from cab import MultiHeadAttention, Pattern, register_attention
+from cab.attention import DecodeState
 from cab.ops import (
     keep_mask,
     masked_softmax_lse,
@@ -56,6 +62,9 @@ BLOCK = 32  # query block of the sorted-order window
     "reformer",
     patterns={Pattern.NONCAUSAL_SELF, Pattern.CAUSAL_SELF},
     unsupported={Pattern.NONCAUSAL_CROSS: _NO_CROSS, Pattern.CAUSAL_CROSS: _NO_CROSS},
+    family="routed",
+    paper={"title": "Reformer: The Efficient Transformer",
+           "authors": "Kitaev et al.", "venue": "ICLR", "year": 2020, "url": "https://arxiv.org/abs/2001.04451"},
 )
 class ReformerAttention(MultiHeadAttention):
     def __init__(self, dim: int, num_heads: int, pattern: Pattern, bucket_size: int = 64, num_hashes: int = 2,
@@ -148,6 +157,77 @@ class ReformerAttention(MultiHeadAttention):
         hashing = 2 * batch * self.num_heads * len_q * d * (nb // 2)  # x R_r
         window = window_attention_flops(batch, self.num_heads, len_q, d, d, before, after, BLOCK)
         return self.num_hashes * (hashing + window)
+
+    def state_size(self, seq_len: int) -> int | None:
+        if not self.causal:
+            return None
+        ring = 2 * self.bucket_size  # the window before a token in sorted order: its bucket's latest 2b
+        return self.num_hashes * self.num_heads * self._buckets(seq_len) * (2 * ring * self.head_dim + 1)
+
+    # -- decode: per round, a ring of the latest 2b keys and values per (head, bucket) ---------------------
+    def _rotations(self, like: torch.Tensor, nb: int) -> torch.Tensor:
+        """The rounds' rotations (rounds, Dh, nb/2), as `hash_rounds` draws them in eval mode."""
+        generator = torch.Generator().manual_seed(int(self.hash_seed))
+        return torch.randn(self.num_hashes, self.head_dim, nb // 2, generator=generator).to(like)
+
+    @staticmethod
+    def _hash(qk: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
+        """argmax([xR; −xR]) as `hash_rounds` takes it: qk (..., Dh) -> buckets (...)."""
+        rotated = qk @ rotation
+        hi, lo = rotated.max(dim=-1), rotated.min(dim=-1)
+        return torch.where(hi.values >= -lo.values, hi.indices, lo.indices + rotation.shape[-1])
+
+    def prefill(self, x):
+        self.check_decode(x)
+        b, length, _ = x.shape
+        h, d, ring = self.num_heads, self.head_dim, 2 * self.bucket_size
+        qk, v = self.split_heads(self.q_proj(x)), self.split_heads(self.v_proj(x))  # (B, H, L, Dh)
+        k_hat = qk / qk.norm(dim=-1, keepdim=True).clamp_min(1e-6)
+        nb = self._buckets(length)
+        pos = torch.arange(length, device=x.device)
+        state = DecodeState(length)
+        for r, rotation in enumerate(self._rotations(qk, nb)):
+            bucket = self._hash(qk, rotation)  # (B, H, L)
+            counts = torch.zeros(b, h, nb, dtype=torch.long, device=x.device).scatter_add_(2, bucket, torch.ones_like(bucket))
+            order = torch.argsort(bucket * length + pos, dim=-1)  # sorted by (bucket, position)
+            sorted_bucket = bucket.gather(2, order)
+            starts = torch.cumsum(counts, dim=2) - counts  # rank of each bucket's first token
+            ordinal = torch.arange(length, device=x.device) - starts.gather(2, sorted_bucket)  # within its bucket
+            kept = ordinal >= counts.gather(2, sorted_bucket) - ring  # its bucket's latest 2b
+            slot = torch.where(kept, sorted_bucket * ring + ordinal % ring, nb * ring)  # the rest: a spare row
+            rows = []
+            for t in (k_hat, v):
+                t_sorted = t.gather(2, order[..., None].expand_as(t))
+                buf = t.new_zeros(b, h, nb * ring + 1, d).scatter_(2, slot[..., None].expand_as(t_sorted), t_sorted)
+                rows.append(buf[:, :, :-1].view(b, h, nb, ring, d))
+            state.update({f"k{r}": rows[0], f"v{r}": rows[1], f"count{r}": counts})
+        return self.forward(x), state
+
+    def step(self, x_t, state):
+        d, ring = self.head_dim, 2 * self.bucket_size
+        qk, v = self.split_heads(self.q_proj(x_t))[:, :, 0], self.split_heads(self.v_proj(x_t))[:, :, 0]  # (B, H, Dh)
+        k_hat = qk / qk.norm(dim=-1, keepdim=True).clamp_min(1e-6)
+        nb = state["count0"].shape[-1]
+        rounds = []
+        for r, rotation in enumerate(self._rotations(qk, nb)):
+            bucket = self._hash(qk, rotation)[..., None]  # (B, H, 1)
+            count = state[f"count{r}"].gather(2, bucket)  # (B, H, 1): tokens already in the bucket
+            at = bucket[..., None, None].expand(-1, -1, 1, ring, d)
+            keys = state[f"k{r}"].gather(2, at)[:, :, 0]  # (B, H, 2b, Dh): the bucket's ring
+            values = state[f"v{r}"].gather(2, at)[:, :, 0]
+            filled = torch.arange(ring, device=x_t.device) < count  # (B, H, 2b)
+            scores = ((qk * d**-0.5)[:, :, None] @ keys.transpose(-1, -2))[:, :, 0]  # (B, H, 2b)
+            scores = torch.cat([scores, scores.new_full(scores.shape[:-1] + (1,), SELF_SCORE)], dim=-1)
+            allowed = torch.cat([filled, torch.ones_like(filled[..., :1])], dim=-1)  # the ring's tokens and itself
+            p, lse = masked_softmax_lse(scores, allowed)
+            out = (p[..., :ring, None] * values).sum(-2) + p[..., ring:] * v  # (B, H, Dh)
+            rounds.append((out[:, :, None], lse[:, :, None]))
+            slot = (bucket * ring + count % ring)[..., None].expand(-1, -1, 1, d)  # the ring's oldest slot
+            state[f"k{r}"].view(*keys.shape[:2], nb * ring, d).scatter_(2, slot, k_hat[:, :, None])
+            state[f"v{r}"].view(*keys.shape[:2], nb * ring, d).scatter_(2, slot, v[:, :, None])
+            state[f"count{r}"].scatter_add_(2, bucket, torch.ones_like(bucket))
+        state.position += 1
+        return self.out_proj(self.merge_heads(merge_softmax_parts(rounds))), state
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", bucket_size={self.bucket_size}, num_hashes={self.num_hashes}"

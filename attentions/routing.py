@@ -20,6 +20,10 @@ With k >= number of regions both forms equal dense (causal) softmax attention (L
 Padding: padded keys are masked, region means count only real tokens, all-padding regions are
 never routed to. The token attention is `cab.ops.softmax_attention` on the gathered regions.
 Reference: dense softmax attention over the L×L mask of the routed regions, plus the same LCE.
+Decode (causal): a KV cache (every region may be routed to), the key of every complete region, the current
+region's routing (top-k earlier regions, decided at its first token) and LCE's last k−1 values; a token
+reads its routed regions and its own region so far: O(k·S·dim) per token, the cache O(L·dim).
+state_size = 2·dim·n + dim·⌊n/S⌋ + min(topk, ⌊(n−1)/S⌋) + dim·(lce_kernel − 1).
 """
 
 from __future__ import annotations
@@ -29,7 +33,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from cab import MultiHeadAttention, Pattern, register_attention
-from cab.ops import ceil_div, keep_mask, pad_to_multiple, softmax_attention
+from cab.attention import DecodeState
+from cab.ops import TokenCache, ceil_div, keep_mask, pad_to_multiple, softmax_attention
 
 
 @register_attention(
@@ -39,6 +44,9 @@ from cab.ops import ceil_div, keep_mask, pad_to_multiple, softmax_attention
         Pattern.NONCAUSAL_CROSS: "not ported: the 1-D port cuts one sequence into regions (BiFormer is self-attention)",
         Pattern.CAUSAL_CROSS: "queries of a region share one routing decision, so outputs depend on later queries",
     },
+    family="routed",
+    paper={"title": "BiFormer: Vision Transformer with Bi-Level Routing Attention",
+           "authors": "Zhu et al.", "venue": "CVPR", "year": 2023, "url": "https://arxiv.org/abs/2303.08810"},
 )
 class BiLevelRoutingAttention(MultiHeadAttention):
     def __init__(self, dim: int, num_heads: int, pattern: Pattern, region_size: int = 64, topk: int = 4,
@@ -129,3 +137,62 @@ class BiLevelRoutingAttention(MultiHeadAttention):
         routing = 2 * n * n * self.dim  # region affinity
         lce = 2 * len_q * self.dim * self.lce_kernel if self.lce_kernel else 0
         return batch * (attention + routing + lce)
+
+    def state_size(self, seq_len: int) -> int | None:
+        if not self.causal:
+            return None
+        regions, current = seq_len // self.region_size, (seq_len - 1) // self.region_size
+        lce = self.dim * (self.lce_kernel - 1) if self.lce_kernel else 0
+        return 2 * self.dim * seq_len + self.dim * regions + min(self.topk, current) + lce
+
+    # -- decode: the KV cache, the complete regions' keys, the current region's routes, LCE's inputs --
+    def _flat(self, t: torch.Tensor) -> torch.Tensor:
+        """(B, H, n, Dh) -> (B, n, dim): all heads together, as `route` compares regions."""
+        return t.transpose(1, 2).reshape(t.shape[0], t.shape[2], self.dim)
+
+    def _routes(self, q_first: torch.Tensor, region_keys: torch.Tensor) -> torch.Tensor:
+        """The top-k earlier regions of a region, from its first token's query (B, dim) and the region keys
+        (B, c, dim) of the c regions before it -> indices (B, min(topk, c)), as `route` picks them."""
+        kk = min(self.topk, region_keys.shape[1])
+        affinity = (q_first[:, None] @ region_keys.transpose(-1, -2))[:, 0]  # (B, c)
+        return torch.topk(affinity, kk, dim=-1).indices
+
+    def prefill(self, x):
+        self.check_decode(x)
+        b, length, _ = x.shape
+        s = self.region_size
+        q, k, v = self.self_projections(x)
+        out = self.out_proj(self.merge_heads(self.attend(q, k, v, None)))
+        done = length // s  # complete regions
+        region_keys = self._flat(k[:, :, : done * s].reshape(b, self.num_heads, done, s, self.head_dim).sum(3) / s)  # (B, c, dim)
+        current = (length - 1) // s  # the region of the last token
+        routes = self._routes(self._flat(q[:, :, current * s, None])[:, 0], region_keys[:, :current])
+        state = DecodeState(length, k=TokenCache(k), v=TokenCache(v), region_keys=TokenCache(region_keys[:, None]),
+                            routes=routes)
+        if self.lce_kernel:
+            state["lce"] = F.pad(self.merge_heads(v).transpose(1, 2), (self.lce_kernel - 1, 0))[:, :, length:]
+        return out, state
+
+    def step(self, x_t, state):
+        i, s = state.position, self.region_size
+        first = (i // s) * s  # this token's region starts here
+        q, k, v = self.self_projections(x_t)  # (B, H, 1, Dh)
+        keys, values = state["k"].extend(k), state["v"].extend(v)  # (B, H, i+1, Dh)
+        if i == first:  # a new region: route it once, by its first token's query, among the complete regions
+            state["routes"] = self._routes(self._flat(q)[:, 0], state["region_keys"].view()[:, 0])
+        b, h, _, d = keys.shape
+        routed = (state["routes"][:, :, None] * s + torch.arange(s, device=x_t.device)).reshape(b, 1, -1, 1)
+        pick = routed.expand(b, h, routed.shape[2], d)  # positions of the routed regions' tokens
+        keys = torch.cat([keys.gather(2, pick), keys[:, :, first:]], dim=2)  # routed regions + own region so far
+        values = torch.cat([values.gather(2, pick), values[:, :, first:]], dim=2)
+        out = softmax_attention(q, keys, values)  # (B, H, 1, Dh)
+        if self.lce_kernel:  # LCE: the depthwise conv over the last k values
+            window = torch.cat([state["lce"], self.merge_heads(v).transpose(1, 2)], dim=-1)  # (B, dim, k)
+            lce = (window * self.lce.weight[:, 0]).sum(-1) + self.lce.bias  # (B, dim)
+            out = out + self.split_heads(lce[:, None])
+            state["lce"] = window[..., 1:]
+        if i - first == s - 1:  # the region is complete: its key joins the routable ones
+            region_key = self._flat(state["k"].view()[:, :, first : first + s].sum(2, keepdim=True) / s)  # (B, 1, dim)
+            state["region_keys"].extend(region_key[:, None])
+        state.position += 1
+        return self.out_proj(self.merge_heads(out)), state

@@ -33,6 +33,8 @@ FLOPs (`flops`, forward): W_out, 2·L·dim·2·dim per example, and the chunk pr
 At T = 64, N = 16 that is 192 (causal) or 256 FLOPs per position and channel, less than W_out's 4·dim
 at width 512. The operators (Ā^i, the Toeplitz block) are O(dim·N·T), elementwise, batch-independent.
 State of the recurrent form (causal): dim·N real numbers (N/2 complex per channel).
+Decode: x_t = Ā x_(t−1) + u_t, y_t = 2·Re(C'·x_t) + D·u_t, O(dim·N) per token; prefill keeps the state
+after the prompt, x_(L−1) = Σ_s Ā^(L−1−s) u_s, summed chunk by chunk with the same powers Ā^i (i < T).
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cab import Pattern, register_attention
-from cab.attention import AttentionLayer
+from cab.attention import AttentionLayer, DecodeState
 
 _NO_CROSS = "a state-space mixer has no query/key split: there is no second sequence to read"
 
@@ -53,6 +55,9 @@ _NO_CROSS = "a state-space mixer has no query/key split: there is no second sequ
     "s4d",
     patterns={Pattern.NONCAUSAL_SELF, Pattern.CAUSAL_SELF},
     unsupported={Pattern.NONCAUSAL_CROSS: _NO_CROSS, Pattern.CAUSAL_CROSS: _NO_CROSS},
+    family="state-space",
+    paper={"title": "On the Parameterization and Initialization of Diagonal State Space Models",
+           "authors": "Gu et al.", "venue": "NeurIPS", "year": 2022, "url": "https://arxiv.org/abs/2206.11893"},
 )
 class S4DMixer(AttentionLayer):
     def __init__(self, dim: int, num_heads: int, pattern: Pattern, d_state: int = 16, dt_min: float = 1e-3,
@@ -181,7 +186,43 @@ class S4DMixer(AttentionLayer):
         return 2 * batch * len_q * self.dim * 2 * self.dim + 2 * positions * self.dim * (t + 2 * states)
 
     def state_size(self, seq_len: int) -> int | None:
-        return self.dim * self.d_state if self.causal else None
+        return self.dim * 2 * max(1, self.d_state // 2) if self.causal else None  # N/2 complex modes per channel
+
+    # -- decode: x (B, dim, N/2) complex ---------------------------------------------------------
+    def _complex_dtype(self, dtype):
+        return torch.complex128 if dtype == torch.float64 else torch.complex64
+
+    def final_state(self, u: torch.Tensor) -> torch.Tensor:
+        """The recurrent state after reading u (B, dim, L): x = Σ_s Ā^(L−1−s) u_s, (B, dim, N/2) complex.
+        In chunks of T: a chunk of r positions adds Σ_i Ā^(r−1−i) u_i (a (B, r) × (r, N/2) product per channel,
+        real and imaginary parts) to Ā^r times the state before it; O(L·dim·N), no (dim, N, L) tensor."""
+        b, dim, length = u.shape
+        dta, _ = self._discrete()
+        t = max(1, min(self.kernel_block, length))
+        j = torch.arange(t + 1, device=u.device, dtype=dta.real.dtype)
+        mag, arg = torch.exp(dta.real[:, :, None] * j), dta.imag[:, :, None] * j  # Ā^j = mag·(cos + i sin)(arg)
+        power_re, power_im = (mag * torch.cos(arg)).to(u.dtype), (mag * torch.sin(arg)).to(u.dtype)  # (dim, N/2, T+1)
+        into = torch.cat([power_re[:, :, :t], power_im[:, :, :t]], dim=1).flip(-1).transpose(1, 2)  # [i] = Ā^(t-1-i)
+        x = torch.zeros(b, dim, power_re.shape[1], dtype=self._complex_dtype(u.dtype), device=u.device)
+        for lo in range(0, length, t):
+            r = min(t, length - lo)
+            w = torch.bmm(u[:, :, lo : lo + r].transpose(0, 1), into[:, t - r :])  # (dim, B, N): Σ_i Ā^(r-1-i) u_i
+            w = torch.complex(*w.transpose(0, 1).chunk(2, dim=-1))  # (B, dim, N/2)
+            x = torch.complex(power_re[:, :, r], power_im[:, :, r]) * x + w  # Ā^r x + the chunk's inputs
+        return x
+
+    def prefill(self, x):
+        self.check_decode(x)
+        return self.forward(x), DecodeState(x.shape[1], x=self.final_state(x.transpose(1, 2)))
+
+    def step(self, x_t, state):
+        u = x_t[:, 0]  # (B, dim)
+        dta, cp = self._discrete()
+        cdt = self._complex_dtype(u.dtype)
+        state["x"] = torch.exp(dta).to(cdt) * state["x"] + u[..., None].to(cdt)  # x_t = Ā x_(t−1) + u_t
+        y = 2 * (cp[0].to(cdt) * state["x"]).real.sum(-1).to(u.dtype) + self.d.to(u.dtype) * u  # (B, dim)
+        state.position += 1
+        return F.glu(self.out_proj(F.gelu(y)), dim=-1)[:, None], state
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", d_state={self.d_state}"

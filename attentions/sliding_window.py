@@ -18,6 +18,8 @@ Reference: dense softmax attention with the band as its mask (`window_allowed`).
 
 from __future__ import annotations
 
+import torch.nn.functional as F
+
 from cab import MultiHeadAttention, Pattern, register_attention
 from cab.ops import softmax_attention, window_allowed, window_attention, window_attention_flops
 
@@ -28,6 +30,9 @@ _CROSS = "a window needs aligned query and key positions; cross attention has no
     "sliding_window",
     patterns={Pattern.CAUSAL_SELF, Pattern.NONCAUSAL_SELF},
     unsupported={Pattern.NONCAUSAL_CROSS: _CROSS, Pattern.CAUSAL_CROSS: _CROSS},
+    family="sparse",
+    paper={"title": "Zoology: Measuring and Improving Recall in Efficient Language Models",
+           "authors": "Arora et al.", "venue": "ICLR", "year": 2024, "url": "https://arxiv.org/abs/2312.04927"},
 )
 class SlidingWindowAttention(MultiHeadAttention):
     hparam_constraints = {"window": {"ge": 1}}  # checked before a job starts (cab.schema)
@@ -61,3 +66,11 @@ class SlidingWindowAttention(MultiHeadAttention):
 
     def state_size(self, seq_len: int) -> int:
         return 2 * self.dim * min(self.window, seq_len)  # cached keys and values of the window
+
+    # -- decode: a window cache ------------------------------------------------------------------
+    def prefill(self, x):
+        return self.kv_cache_prefill(x, window=self.window)
+
+    def step(self, x_t, state):
+        # the cache holds keys i-w..i-1 and the token its own: exactly Zoology's band, no mask
+        return self.kv_cache_step(x_t, state, lambda q, k, v: F.scaled_dot_product_attention(q, k, v))

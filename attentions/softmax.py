@@ -4,6 +4,8 @@ softmax(Q Kᵀ / √Dh + mask) V, computed by whichever SDPA backend torch picks
 (flash / memory-efficient on GPU, a fused kernel on CPU). This is the exact baseline every
 efficient mechanism is compared with. Causal cross holds for free: queries never interact.
 Reference: the dense masked form, `cab.ops.softmax_attention` with the same `allowed_mask`.
+Decode form (causal self): a KV cache, every key and value so far (2·dim·L numbers per example): each
+generated token reads the whole cache through SDPA, O(L·dim) per token.
 """
 
 from __future__ import annotations
@@ -15,7 +17,12 @@ from cab.attention import exact_attention_flops, kv_cache_size
 from cab.ops import allowed_mask, sdpa_mask, softmax_attention
 
 
-@register_attention("softmax", patterns=set(Pattern))
+@register_attention(
+    "softmax", patterns=set(Pattern),
+    family="exact",
+    paper={"title": "Attention Is All You Need",
+           "authors": "Vaswani et al.", "venue": "NeurIPS", "year": 2017, "url": "https://arxiv.org/abs/1706.03762"},
+)
 class SoftmaxAttention(MultiHeadAttention):
     def __init__(self, dim: int, num_heads: int, pattern: Pattern, dropout: float = 0.0):
         super().__init__(dim, num_heads, pattern)
@@ -40,3 +47,11 @@ class SoftmaxAttention(MultiHeadAttention):
 
     def state_size(self, seq_len: int) -> int:
         return kv_cache_size(self.dim, seq_len)  # the KV cache of the decoding form
+
+    # -- decode: a KV cache ------------------------------------------------------------------------
+    def prefill(self, x):
+        return self.kv_cache_prefill(x)
+
+    def step(self, x_t, state):
+        # the new query reads every cached key (and its own): no mask
+        return self.kv_cache_step(x_t, state, lambda q, k, v: F.scaled_dot_product_attention(q, k, v))

@@ -13,6 +13,8 @@ through torch's fused SDPA kernels). Causal cross holds: queries never interact.
 reference is the same dense form by design: vanilla *is* the dense reference of the exact family.
 FLOPs: QKᵀ 2·Lq·Lk·Dh and P·V 2·Lq·Lk·Dh per head -> 4·B·Lq·Lk·dim; the mask and softmax are
 elementwise (O(B·H·Lq·Lk), not counted). A row whose keys are all padding outputs zeros.
+Decode form (causal self): a KV cache (2·dim·L numbers per example); a generated token's scores against
+the cache are written out as in `attend`, O(L·dim) per token.
 """
 
 from __future__ import annotations
@@ -24,7 +26,12 @@ from cab.attention import exact_attention_flops, kv_cache_size
 from cab.ops import allowed_mask, masked_softmax, softmax_attention
 
 
-@register_attention("vanilla", patterns=set(Pattern))
+@register_attention(
+    "vanilla", patterns=set(Pattern),
+    family="exact",
+    paper={"title": "Attention Is All You Need",
+           "authors": "Vaswani et al.", "venue": "NeurIPS", "year": 2017, "url": "https://arxiv.org/abs/1706.03762"},
+)
 class VanillaAttention(MultiHeadAttention):
     def __init__(self, dim: int, num_heads: int, pattern: Pattern, dropout: float = 0.0):
         super().__init__(dim, num_heads, pattern)
@@ -45,3 +52,14 @@ class VanillaAttention(MultiHeadAttention):
 
     def state_size(self, seq_len: int) -> int:
         return kv_cache_size(self.dim, seq_len)  # the KV cache of the decoding form
+
+    # -- decode: a KV cache ------------------------------------------------------------------------
+    def prefill(self, x):
+        return self.kv_cache_prefill(x)
+
+    def step(self, x_t, state):
+        def read(q, k, v):  # q: (B, H, 1, Dh); k, v: (B, H, n, Dh), every one allowed
+            scores = (q * self.head_dim**-0.5) @ k.transpose(-1, -2)  # (B, H, 1, n)
+            return masked_softmax(scores, None) @ v
+
+        return self.kv_cache_step(x_t, state, read)

@@ -17,6 +17,24 @@ quadratic masked form, or the step-by-step recurrence) that its fast form must e
 `reference_attend` (same signature as `attend`) or, for a whole layer, `reference_forward` (same
 signature as `forward`). The contract test compares every declared reference with the layer in
 float64, so a new mechanism with a reference is checked without new test code.
+
+Decode (recurrent) form, for generation token by token (causal self only; docs/decode.md):
+
+    prefill(x)            x: (B, L, dim) prompt -> (out (B, L, dim), state): out is the parallel form's
+                          output (equal to self(x)), state what the layer carries after L tokens
+    step(x_t, state)      x_t: (B, 1, dim), the next token -> (out_t (B, 1, dim), the state after it);
+                          may update `state` in place and returns it
+    state.numbers()       numbers carried per example, equal to state_size(state.position)
+    declares_decode()     True when the class writes prefill and step
+    decode_unsupported    a class attribute: one line saying why a causal mechanism has no decode form
+
+The state is a `DecodeState`: named tensors with the batch first (a recurrent state S, running sums, a
+convolution's last inputs) or `cab.ops.TokenCache`s (the keys and values kept: all of them for exact
+attention, the last w for a window), plus `position`, the tokens read so far. Prefill then steps equals
+the parallel forward over the whole sequence (tests/test_decode.py checks every mechanism that declares
+a decode form, in float64); a mechanism that cannot have one sets `decode_unsupported` instead, and
+`cab list` shows either. Exact attention's `MultiHeadAttention.kv_cache_prefill` / `kv_cache_step`
+are the KV-cache form for mechanisms that only need a different read of the cached keys.
 """
 
 from __future__ import annotations
@@ -24,7 +42,40 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from cab.ops.cache import TokenCache
 from cab.patterns import Pattern
+
+
+class DecodeState(dict):
+    """What a layer carries from one generated token to the next (see the module docstring): named parts,
+    each a tensor with the batch first or a `cab.ops.TokenCache`, and `position`, the tokens read so far."""
+
+    def __init__(self, position: int, **parts):
+        super().__init__(parts)
+        self.position = int(position)
+
+    def numbers(self) -> int:
+        """Numbers carried per example (a complex number counts 2): what `state_size(position)` states."""
+        total = 0
+        for part in self.values():
+            if isinstance(part, torch.Tensor):
+                total += part[0].numel() * (2 if part.is_complex() else 1)
+            else:
+                total += part.numbers()
+        return total
+
+    def nbytes(self) -> int:
+        """Bytes of the carried numbers, whole batch (a cache's spare room not included)."""
+        return sum(p.numel() * p.element_size() if isinstance(p, torch.Tensor) else p.nbytes() for p in self.values())
+
+    def allocated_bytes(self) -> int:
+        """Bytes allocated for the state, whole batch, caches' spare room included."""
+        return sum(p.numel() * p.element_size() if isinstance(p, torch.Tensor) else p.allocated_bytes()
+                   for p in self.values())
+
+    def __repr__(self) -> str:
+        parts = ", ".join(f"{k}={tuple(v.shape) if isinstance(v, torch.Tensor) else type(v).__name__}" for k, v in self.items())
+        return f"DecodeState(position={self.position}, {parts})"
 
 
 class AttentionLayer(nn.Module):
@@ -74,6 +125,34 @@ class AttentionLayer(nn.Module):
     def declares_reference(cls) -> bool:
         """True when the class writes a reference form (`reference_forward`, or `reference_attend`)."""
         return cls.reference_forward is not AttentionLayer.reference_forward
+
+    # -- decode (recurrent) form -------------------------------------------------------------------
+    decode_unsupported: str | None = None  # why a causal mechanism has no decode form (one line)
+
+    def prefill(self, x: torch.Tensor) -> tuple[torch.Tensor, DecodeState]:
+        """Read a prompt by the parallel form: x (B, L, dim) -> (out (B, L, dim) = self(x), the state after L)."""
+        raise NotImplementedError(self._no_decode())
+
+    def step(self, x_t: torch.Tensor, state: DecodeState) -> tuple[torch.Tensor, DecodeState]:
+        """Read the next token x_t (B, 1, dim) -> (out_t (B, 1, dim), the state after it; `state` itself, updated)."""
+        raise NotImplementedError(self._no_decode())
+
+    @classmethod
+    def declares_decode(cls) -> bool:
+        """True when the class writes a decode form (`prefill` and `step`)."""
+        return cls.prefill is not AttentionLayer.prefill and cls.step is not AttentionLayer.step
+
+    def _no_decode(self) -> str:
+        why = type(self).decode_unsupported or "it declares none"
+        return f"attention {self.attention_name!r} has no decode form: {why}"
+
+    def check_decode(self, x: torch.Tensor) -> None:
+        """Decoding is generation: causal self attention only, a prompt (B, L, dim) of at least one token."""
+        if self.pattern is not Pattern.CAUSAL_SELF:
+            raise ValueError(f"attention {self.attention_name!r}: decoding needs pattern causal_self, "
+                             f"not {self.pattern.value}")
+        if x.dim() != 3 or x.shape[-1] != self.dim or x.shape[1] < 1:
+            raise ValueError(f"a prompt must be (B, L >= 1, {self.dim}), got {tuple(x.shape)}")
 
     def skipped_masked_flops(self, batch: int, len_q: int, len_k: int) -> int:
         """FLOPs of the dense masked form that this layer's algorithm skips (0 by default).
@@ -141,6 +220,28 @@ class MultiHeadAttention(AttentionLayer):
     def declares_reference(cls) -> bool:
         return (cls.reference_attend is not MultiHeadAttention.reference_attend
                 or cls.reference_forward is not MultiHeadAttention.reference_forward)
+
+    # -- decode helpers ---------------------------------------------------------------------------
+    def self_projections(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q, k, v of self attention over x (B, L, dim): (B, H, L, Dh) each."""
+        return self.split_heads(self.q_proj(x)), self.split_heads(self.k_proj(x)), self.split_heads(self.v_proj(x))
+
+    def kv_cache_prefill(self, x: torch.Tensor, window: int | None = None) -> tuple[torch.Tensor, DecodeState]:
+        """Prefill of a KV-cache decode form: `attend` over the prompt, and its keys and values cached (all of
+        them, or the last `window`: a token that reads keys i-w..i needs only w past ones)."""
+        self.check_decode(x)
+        q, k, v = self.self_projections(x)
+        out = self.out_proj(self.merge_heads(self.attend(q, k, v, None)))
+        return out, DecodeState(x.shape[1], k=TokenCache(k, window), v=TokenCache(v, window))
+
+    def kv_cache_step(self, x_t: torch.Tensor, state: DecodeState, read) -> tuple[torch.Tensor, DecodeState]:
+        """Step of a KV-cache decode form: the new key and value join the cache, then
+        read(q (B, H, 1, Dh), keys (B, H, n, Dh), values (B, H, n, Dh)) -> (B, H, 1, Dh), over the n cached
+        positions and the new one. Cost O(n·dim) per token: the cache is read once."""
+        q, k, v = self.self_projections(x_t)
+        keys, values = state["k"].extend(k), state["v"].extend(v)
+        state.position += 1
+        return self.out_proj(self.merge_heads(read(q, keys, values))), state
 
     # -- cost -----------------------------------------------------------------------------------
     def projection_flops(self, batch: int, len_q: int, len_k: int) -> int:

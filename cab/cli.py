@@ -3,6 +3,7 @@
     cab run  [-m] attention=NAME task=NAME pattern=PATTERN [trainer=smoke|cpu|paper] [seed=N] [results_dir=DIR]
     cab bench [-m] attention=NAME pattern=PATTERN [lengths=[...]]
     cab bench table --results DIR --out FILE.md
+    cab generate checkpoint=PATH [prompt=TEXT] [tokens=N] [temperature=T]
     cab list
     cab data list | download [NAME...] [--dir DIR]
     cab leaderboard build [--results DIR] [--out DIR]
@@ -63,6 +64,10 @@ def main(argv: list[str] | None = None) -> int:
             from cab.bench.job import main as bench_main
 
             return bench_main(rest)
+        if command == "generate":
+            from cab.run.generate import main as generate_main
+
+            return generate_main(rest)
         if command == "list":
             from cab.listing import print_listing
 
@@ -78,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
             return data_main(rest)
     except ChoiceError as exc:
         return _fail(str(exc))
-    return _fail(f"unknown command {command!r}; valid commands: run, bench, list, data, leaderboard")
+    return _fail(f"unknown command {command!r}; valid commands: run, bench, generate, list, data, leaderboard")
 
 
 def _run(args: list[str]) -> int:

@@ -15,6 +15,7 @@ import importlib
 import importlib.util
 import inspect
 import pkgutil
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
@@ -35,6 +36,55 @@ class ParamError(ValueError):
         self.message = message
 
 
+# What kind of mechanism an attention is (`@register_attention(..., family=...)`), with the one line
+# the leaderboard's mechanism pages show for it. The families follow how the surveys behind CAB and
+# Zoology group efficient attentions: by what replaces the full softmax over every key.
+FAMILIES = {
+    "exact": "every query attends to every key under one exact softmax",
+    "sparse": "each query attends to a subset of keys fixed by position (windows, blocks, strides)",
+    "routed": "the keys, blocks or heads each query uses are chosen from the content (hashing, routing, top-k)",
+    "linear": "a kernel or feature map replaces the softmax, so attention is a running sum: a fixed-size recurrent state",
+    "low-rank": "keys and values (or queries) pass through a few summary tokens: projections, landmarks, agents, latents, slots",
+    "state-space": "a learned linear recurrence (a state-space model) mixes the sequence instead of query-key scores",
+    "attention-free": "tokens are mixed without query-key scores: convolutions, gates, re-weighting",
+    "other": "none of the above",
+}
+
+
+@dataclass(frozen=True)
+class Paper:
+    """The paper a mechanism comes from, as its mechanism page cites it. `url` is the arXiv or
+    proceedings page, or "" where none is known (never a guess)."""
+
+    title: str
+    authors: str = ""
+    venue: str = ""
+    year: int | None = None
+    url: str = ""
+
+    @classmethod
+    def parse(cls, value: "Paper | dict[str, Any] | None", who: str) -> "Paper | None":
+        """A Paper from the decorator's `paper=` (a Paper or a dict with its fields); a bad one is a
+        one-line error naming the valid keys."""
+        if value is None or isinstance(value, Paper):
+            return value
+        fields = ("title", "authors", "venue", "year", "url")
+        if not isinstance(value, dict) or not isinstance(value.get("title"), str) or not value["title"]:
+            raise ValueError(f"{who}: paper must be a dict with a non-empty 'title' (keys: {', '.join(fields)})")
+        unknown = sorted(set(value) - set(fields))
+        if unknown:
+            raise ValueError(f"{who}: unknown paper key(s) {', '.join(unknown)}; valid: {', '.join(fields)}")
+        year, url = value.get("year"), value.get("url") or ""
+        if year is not None and (isinstance(year, bool) or not isinstance(year, int)):
+            raise ValueError(f"{who}: paper year must be an integer, got {year!r}")
+        if not isinstance(url, str) or (url and not url.startswith("https://")):
+            raise ValueError(f"{who}: paper url must be an https:// address or empty, got {url!r}")
+        return cls(value["title"], str(value.get("authors") or ""), str(value.get("venue") or ""), year, url)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"title": self.title, "authors": self.authors, "venue": self.venue, "year": self.year, "url": self.url}
+
+
 @dataclass(frozen=True)
 class AttentionSpec:
     name: str
@@ -42,10 +92,18 @@ class AttentionSpec:
     patterns: frozenset[Pattern]
     unsupported: dict[Pattern, str]  # pattern -> one-line reason, for every pattern not supported
     module: str
+    family: str | None = None  # a key of FAMILIES, or None where the attention does not say
+    paper: Paper | None = None
 
     def default_hparams(self) -> dict[str, Any]:
         """Keyword defaults of the class's __init__ beyond (dim, num_heads, pattern)."""
         return _keyword_defaults(self.cls, skip={"dim", "num_heads", "pattern"})
+
+    def docstring(self) -> str:
+        """The mechanism's own description: its module's docstring (built-ins start it with the paper
+        line), else the class's."""
+        module = sys.modules.get(self.module)
+        return inspect.cleandoc((module.__doc__ if module is not None else None) or self.cls.__doc__ or "")
 
 
 @dataclass(frozen=True)
@@ -120,13 +178,23 @@ def register_attention(
     name: str,
     patterns: Iterable[Pattern | str],
     unsupported: dict[Pattern | str, str] | None = None,
+    *,
+    family: str | None = None,
+    paper: Paper | dict[str, Any] | None = None,
 ) -> Callable[[type], type]:
     """Class decorator: register an attention layer under `name`.
 
     `patterns` are the patterns it supports; `unsupported` gives a one-line reason for each of the
     others (shown by `cab list` and on the leaderboard). A missing reason is an error, so the
     leaderboard never shows an unexplained gap.
+
+    Optional, for the leaderboard's mechanism page: `family` (a key of `FAMILIES`) and `paper`
+    (`{"title", "authors", "venue", "year", "url"}`, or a `Paper`). Without them the page shows the
+    attention's docstring alone.
     """
+    if family is not None and family not in FAMILIES:
+        raise ValueError(f"attention {name!r}: unknown family {family!r}; valid families: {', '.join(FAMILIES)}")
+    cited = Paper.parse(paper, f"attention {name!r}")
     supported = _parse_patterns(patterns)
     reasons = {Pattern.parse(p): str(r) for p, r in (unsupported or {}).items()}
     missing = sorted(p.value for p in ALL_PATTERNS - supported - reasons.keys())
@@ -137,7 +205,7 @@ def register_attention(
         raise ValueError(f"attention {name!r}: patterns both supported and unsupported: {', '.join(both)}")
 
     def decorator(cls: type) -> type:
-        _ATTENTIONS.add(name, AttentionSpec(name, cls, supported, reasons, cls.__module__))
+        _ATTENTIONS.add(name, AttentionSpec(name, cls, supported, reasons, cls.__module__, family, cited))
         cls.attention_name = name
         return cls
 

@@ -24,9 +24,10 @@ from cab import Pattern
 from cab.backbone import Block, CrossBlock
 
 
-def sinusoidal_positions(length: int, dim: int, device=None) -> torch.Tensor:
-    """(length, dim): sin on even features, cos on odd, wavelengths 2π .. 10000·2π."""
-    position = torch.arange(length, dtype=torch.float32, device=device)[:, None]  # (L, 1)
+def sinusoidal_positions(length: int, dim: int, device=None, start: int = 0) -> torch.Tensor:
+    """(length, dim): sin on even features, cos on odd, wavelengths 2π .. 10000·2π; rows are the positions
+    start .. start + length - 1 (a generated token's row without the table before it)."""
+    position = torch.arange(start, start + length, dtype=torch.float32, device=device)[:, None]  # (L, 1)
     freq = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32, device=device) * (-math.log(10000.0) / dim))
     table = torch.zeros(length, dim, device=device)
     table[:, 0::2] = torch.sin(position * freq)
@@ -44,9 +45,10 @@ class TokenSinusoidal(nn.Module):
         self.scale = math.sqrt(dim)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+    def forward(self, ids: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """ids: (B, L) at positions start .. start + L - 1 (start > 0: tokens after a prompt, decoding)."""
         x = self.tokens(ids) * self.scale  # (B, L, dim)
-        return self.dropout(x + sinusoidal_positions(ids.shape[1], x.shape[-1], ids.device))
+        return self.dropout(x + sinusoidal_positions(ids.shape[1], x.shape[-1], ids.device, start))
 
 
 class Encoder(nn.Module):

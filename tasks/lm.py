@@ -48,6 +48,22 @@ class CharLM(nn.Module):
             x = block(x)
         return self.head(self.norm(x))  # (B, L, V)
 
+    # decode (generation, docs/decode.md): every block's decode state, one token at a time
+    def prefill(self, ids: torch.Tensor):
+        """ids: (B, L) prompt -> (logits (B, L, V) = self(ids), the blocks' states)."""
+        x, states = self.embed(ids), []
+        for block in self.blocks:
+            x, state = block.prefill(x)
+            states.append(state)
+        return self.head(self.norm(x)), states
+
+    def step(self, ids: torch.Tensor, states: list):
+        """ids: (B, 1), the next token -> (its logits (B, 1, V), the states after it)."""
+        x = self.embed(ids, start=states[0].position)
+        for i, block in enumerate(self.blocks):
+            x, states[i] = block.step(x, states[i])
+        return self.head(self.norm(x)), states
+
 
 @register_task("lm", patterns=[Pattern.CAUSAL_SELF])
 class CharLMTask(Task):

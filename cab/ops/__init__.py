@@ -38,6 +38,15 @@ cosformer_feature_map                           feature_maps  cosformer (identit
 orthogonal_gaussian, favor_log_features,        feature_maps  performer (the stabilisers cancel: tested)
   favor_query_features, favor_key_features
 ceil_div, pad_to_multiple                       shapes        landmark, longshort, lsda, routing (blocks)
+
+decode (recurrent) forms, one generated token at a time (docs/decode.md; tested in tests/test_decode.py):
+causal_recurrence_step                          recurrence    lightning, mamba; through linear_attention_step:
+  (one position of causal_recurrence)                         linear, based, cosformer, performer
+linear_attention_step                           linear        linear, based, cosformer, performer
+TokenCache (per-token tensors kept: all, or     cache         softmax, vanilla, flash, moh, landmark, routing
+  the last w; amortised O(1) copies a token)                  (KV caches); local, sliding_window, based, halo,
+                                                              lsda, longshort, aggregated (windows); longshort,
+                                                              landmark, routing, aggregated (per-chunk rows, sums)
 """
 
 from .feature_maps import (
@@ -52,7 +61,8 @@ from .feature_maps import (
     taylor_feature_map,
     taylor_feature_size,
 )
-from .linear import linear_attention, linear_attention_flops, linear_attention_reference
+from .cache import TokenCache
+from .linear import linear_attention, linear_attention_flops, linear_attention_reference, linear_attention_step
 from .masking import (
     allowed_mask,
     causal_mask,
@@ -83,6 +93,7 @@ from .recurrence import (
     causal_recurrence,
     causal_recurrence_flops,
     causal_recurrence_reference,
+    causal_recurrence_step,
     decay_kind,
     log_decay_from_cumulative,
 )
@@ -97,11 +108,12 @@ from .windows import (
 )
 
 __all__ = [
-    "DECAY_KINDS", "RankPrefix", "allowed_mask", "causal_mask", "causal_prefix_mean", "causal_recurrence",
-    "causal_recurrence_flops", "causal_recurrence_reference", "causal_segment_means", "causal_segment_means_of",
+    "DECAY_KINDS", "RankPrefix", "TokenCache", "allowed_mask", "causal_mask", "causal_prefix_mean", "causal_recurrence",
+    "causal_recurrence_flops", "causal_recurrence_reference", "causal_recurrence_step", "causal_segment_means", "causal_segment_means_of",
     "causal_segment_means_reference", "ceil_div",
     "cosformer_feature_map", "decay_kind", "elu_feature_map", "favor_key_features", "favor_log_features",
     "favor_query_features", "keep_mask", "linear_attention", "linear_attention_flops", "linear_attention_reference",
+    "linear_attention_step",
     "log_decay_from_cumulative", "masked_softmax", "masked_softmax_lse", "merge_softmax_parts", "orthogonal_gaussian",
     "pad_to_multiple", "rank_prefix", "relu_feature_map", "sdpa_mask", "segment_bounds", "segment_ids",
     "segment_means",

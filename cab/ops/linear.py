@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 
 from .masking import zero_padding
-from .recurrence import causal_recurrence, causal_recurrence_flops, decay_kind
+from .recurrence import causal_recurrence, causal_recurrence_flops, causal_recurrence_step, decay_kind
 
 SEGMENT = 512  # causal: positions per call of `causal_recurrence` (a multiple of the chunk), the state carried
 
@@ -63,6 +63,32 @@ def linear_attention(
     if normalize:
         num = num[..., :-1] / (num[..., -1:] + eps)
     return (num, state) if return_final_state else num
+
+
+def linear_attention_step(
+    phi_q: torch.Tensor,
+    phi_k: torch.Tensor,
+    v: torch.Tensor,
+    state: torch.Tensor,
+    *,
+    normalize: bool = True,
+    eps: float = 1e-6,
+    log_decay: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One generated position of causal `linear_attention` (its decode form), from the state of the positions
+    before it (the final state of `linear_attention(..., causal=True, return_final_state=True)`):
+
+        S' = diag(exp(g)) S + φ(k) [v 1]ᵀ          S: (B, H, F, Dv+1 if normalize else Dv)
+        out = φ(q)ᵀ S'[:, :Dv] / (φ(q)ᵀ S'[:, Dv] + eps)     (normalize; else φ(q)ᵀ S')
+
+    phi_q, phi_k: (B, H, F)  v: (B, H, Dv)  log_decay: as `causal_recurrence_step`. -> (out (B, H, Dv), S'),
+    S updated in place. O(H·F·Dv) per token, whatever the context length."""
+    if normalize:
+        v = torch.cat([v, torch.ones_like(v[..., :1])], dim=-1)  # (B, H, Dv+1): the normaliser's column
+    num, state = causal_recurrence_step(phi_q, phi_k, v, state, log_decay)
+    if normalize:
+        num = num[..., :-1] / (num[..., -1:] + eps)
+    return num, state
 
 
 def _causal_segments(phi_q, phi_k, v, log_decay, state, chunk_size):

@@ -247,6 +247,38 @@ def causal_recurrence_reference(
     return out, s
 
 
+def causal_recurrence_step(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    state: torch.Tensor,
+    log_decay: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One position of `causal_recurrence` (its decode form): S' = diag(exp(g)) S + k vᵀ, o = S'ᵀ q.
+
+    q, k: (B, H|1, Dk)  v: (B, H, Dv)  state S: (B, H, Dk, Dv) (the final state of a `causal_recurrence` over
+    the positions before)  log_decay g <= 0 of this position: None, (H,) per head, (B|1, H|1) per position,
+    (B|1, H|1, Dk) per channel, or (Δ (B|1, H|1), A (H, Dk)) for g = Δ A (Mamba). -> (o (B, H, Dv), S').
+    S is updated in place (and returned): a generated token allocates no new state. O(H·Dk·Dv) per call,
+    whatever the number of positions before: the recurrent form's constant cost. The same update and read
+    as `causal_recurrence_reference`'s loop body.
+    """
+    if log_decay is not None:
+        if isinstance(log_decay, tuple):  # (Δ, A): exp(Δ A) per channel
+            delta, rates = log_decay
+            decay = torch.exp(delta[..., None] * rates)  # (B, H, Dk)
+        elif log_decay.dim() == 1:  # (H,)
+            decay = torch.exp(log_decay)[:, None]  # (H, 1): the same for every channel
+        elif log_decay.dim() == 2:  # (B, H): per position
+            decay = torch.exp(log_decay)[..., None]  # (B, H, 1)
+        else:  # (B, H, Dk)
+            decay = torch.exp(log_decay)
+        state.mul_(decay[..., None])  # (.., Dk, 1) broadcast over Dv
+    state.addcmul_(k[..., :, None], v[..., None, :])  # + k vᵀ: (B, H, Dk, Dv)
+    out = (q[..., None, :] @ state)[..., 0, :]  # Sᵀ q: (B, H, Dv)
+    return out, state
+
+
 def causal_recurrence_flops(
     batch: int, heads: int, length: int, dk: int, dv: int, chunk_size: int = 64, decay: str = "none"
 ) -> int:
