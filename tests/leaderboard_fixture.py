@@ -69,13 +69,16 @@ def _env(hardware: str, threads: int = 2) -> dict[str, Any]:
 
 def train_record(attention: str, task: str, pattern: str, seed: int = 0, scale: str = "cpu", hardware: str = "cpu-2c",
                  status: str = "ok", rng: random.Random | None = None, metrics: dict[str, float] | None = None,
-                 hparams: dict[str, Any] | None = None) -> dict[str, Any]:
-    """One `kind: train` record following the runner's shape (cab/run/runner.py)."""
-    rng = rng or random.Random(hash((attention, task, pattern, seed, scale)) & 0xFFFF)
+                 hparams: dict[str, Any] | None = None, task_config: dict[str, Any] | None = None, lr: float = 3e-3,
+                 dirty: bool = False, state_size: int | None = -1) -> dict[str, Any]:
+    """One `kind: train` record following the runner's shape (cab/run/runner.py). `state_size=-1`: the
+    fixture's own (a KV cache for exact attention, a width-sized state for the recurrent ones)."""
+    rng = rng or random.Random(int(_run_id(attention, task, pattern, seed, scale), 16))  # stable across processes
     patterns, info, primary, refs = TASKS.get(task, ((pattern,), {"accuracy": (True, "accuracy", 0.0, 1.0)}, "accuracy", {}))
     quality = ATTENTIONS.get(attention, (0.5, 1.0, 1.0))[0]
-    config = {"attention": {"name": attention, **(hparams or {})}, "task": {"name": task, "seq_len": 256}, "pattern": pattern,
-              "trainer": {"name": scale, "steps": 400, "lr": 3e-3}, "seed": seed, "results_dir": "results", "force": False}
+    task_config = {"name": task, "seq_len": 256, **({"num_kv_pairs": 16, "d_model": 64} if task == "mqar" else {}), **(task_config or {})}
+    config = {"attention": {"name": attention, **(hparams or {})}, "task": task_config, "pattern": pattern,
+              "trainer": {"name": scale, "steps": 400, "lr": lr}, "seed": seed, "results_dir": "results", "force": False}
     if metrics is None and status == "ok":
         metrics = {}
         for m, (hib, _, lo, hi) in info.items():
@@ -96,18 +99,24 @@ def train_record(attention: str, task: str, pattern: str, seed: int = 0, scale: 
             "params": 120_000, "flops_per_example": int(4e6 * seq ** ATTENTIONS.get(attention, (0, 1.0))[1] / seq * (1 + 0.1 * rng.random())),
             "peak_memory_bytes": int(3e8 * (1 + rng.random())), "wall_s": round(30 * ATTENTIONS.get(attention, (0, 1.0))[1] * (1 + 0.2 * rng.random()), 2),
             "tokens_per_second": round(5e4 / ATTENTIONS.get(attention, (0, 1.0))[1] * (1 + 0.2 * rng.random()), 1),
-            "state_size": None if attention in ("softmax", "vanilla", "sliding_window", "halo", "local") else int(64 * 64 * (1 + 3 * quality)),
+            "state_size": state_size if state_size != -1 else (2 * 2 * seq * 64 if attention in ("softmax", "vanilla") else None
+                                                               if attention in ("sliding_window", "halo", "local") else int(64 * 64 * (1 + 3 * quality))),
         },
         "attention_info": {}, "reason": None if status != "unsupported" else f"{attention} has no form for {pattern.replace('_', ' ')} attention",
-        "config": config, "env": _env(hardware), "command": f"cab run attention={attention} task={task} pattern={pattern} trainer={scale} seed={seed}",
+        "config": config, "env": dict(_env(hardware), git_dirty=dirty), "command": f"cab run attention={attention} task={task} pattern={pattern} trainer={scale} seed={seed}",
         "started_at": f"2026-11-{1 + seed % 27:02d}T12:00:00+00:00", "duration_s": 31.5, "error": error,
     }
 
 
 def efficiency_record(attention: str, pattern: str, hardware: str = "cpu-2c", direction: str = "forward",
-                      lengths=(256, 512, 1024, 2048, 4096, 8192), memory_limit: float = 2e9) -> dict[str, Any]:
-    """One `kind: efficiency` record (the shape `cab bench` writes): power-law time and memory, OOM past a limit."""
+                      lengths=(256, 512, 1024, 2048, 4096, 8192), memory_limit: float = 2e9,
+                      extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One `kind: efficiency` record (the shape `cab bench` writes): power-law time and memory, OOM past a limit.
+    `direction="decode"`: time per generated token against the context (linear for exact attention,
+    flat for a recurrent state). `extra`: fields a distributed benchmark adds (`world_size`, `strategy`)."""
     _, te, me = ATTENTIONS.get(attention, (0.5, 1.0, 1.0))
+    if direction == "decode":  # one token against a context of n: the KV cache is read once, a state is constant
+        te, me = te - 1, me - 1
     spread = 1 + 0.35 * (int(hashlib.sha256(attention.encode()).hexdigest(), 16) % 7)  # curves apart in the demo
     c_t = 2e-10 if te >= 2 else 3e-7 * spread
     points = []
@@ -120,13 +129,13 @@ def efficiency_record(attention: str, pattern: str, hardware: str = "cpu-2c", di
         else:
             points.append({"length": n, "status": "ok", "time_median_s": t, "time_iqr_s": t * 0.04, "peak_memory_bytes": int(mem),
                            "flops": int(4 * n * n * 512 if te >= 2 else 8 * n * 512 * 64), "error": None})
-    config = {"attention": {"name": attention}, "pattern": pattern, "bench": {"lengths": list(lengths), "direction": direction}}
+    config = {"attention": {"name": attention}, "pattern": pattern, "bench": {"lengths": list(lengths), "direction": direction, **(extra or {})}}
     return {
         "schema": SCHEMA, "kind": "efficiency", "run_id": _run_id("eff", config, hardware), "status": "ok", "attention": attention,
         "pattern": pattern, "task": None, "seed": 0, "scale": "bench", "hardware": hardware, "metrics": {}, "metric_info": {},
         "cost": {}, "config": config, "env": _env(hardware), "command": f"cab bench attention={attention} pattern={pattern}",
         "started_at": "2026-11-20T12:00:00+00:00", "duration_s": 12.0, "error": None, "reason": None,
-        "efficiency": {"direction": direction, "batch": 4, "num_heads": 8, "dim": 512, "dtype": "float32", "device": "cpu", "threads": 2,
+        "efficiency": {"direction": direction, "batch": 4, "num_heads": 8, "dim": 512, "dtype": "float32", "device": "cpu", "threads": 2, **(extra or {}),
                        "points": points, "derived": {"time_exponent": te if te >= 2 else round(te + 0.03 * (len(attention) % 5), 3),
                                                      "memory_exponent": me}},
     }
@@ -169,4 +178,31 @@ def write_records(records: list[dict[str, Any]], directory: str | Path) -> Path:
     for r in records:
         (directory / f"{r['run_id']}.json").write_text(json.dumps(r, indent=1))
     return directory
+
+
+# Zoology's MQAR grid in miniature: cells (length, key-value pairs) × model widths × learning rates ×
+# seeds. State sizes follow each mechanism's form (exact attention: a KV cache of 2 layers × 2 × L × d;
+# linear-time ones: grow with d²); accuracy rises with the state, the better learning rate by 0.05.
+ZOOLOGY_STATE = {"softmax": lambda L, d: 2 * 2 * L * d, "linear": lambda L, d: 2 * (d * d + d), "based": lambda L, d: 2 * 153 * d,
+                 "mamba": lambda L, d: 2 * 2 * d * 16, "sliding_window": None}
+
+
+def zoology_records(attentions=("softmax", "linear", "based", "mamba", "sliding_window"), cells=((64, 4), (256, 16)),
+                    widths=(32, 64), lrs=(1e-3, 3e-3), seeds=2, scale: str = "cpu") -> list[dict[str, Any]]:
+    out = []
+    for L, kv in cells:
+        for att in attentions:
+            for d in widths:
+                size = ZOOLOGY_STATE.get(att, lambda L, d: d * d)
+                state = size(L, d) if size else None
+                for lr in lrs:
+                    for seed in range(seeds):
+                        rng = random.Random(int(_run_id(att, L, d, lr, seed), 16))
+                        base = 1.0 if att == "softmax" else min(0.98, 0.05 + 0.9 * (state or 4096) / (8 * L * d))
+                        acc = max(0.0, min(1.0, base - (0.05 if lr == lrs[0] else 0.0) + rng.gauss(0, 0.01) - 0.02 * (kv / L)))
+                        r = train_record(att, "mqar", "causal_self", seed=seed, scale=scale, lr=lr, metrics={"accuracy": acc, "loss": 1.0 - acc},
+                                         task_config={"seq_len": L, "num_kv_pairs": kv, "d_model": d}, state_size=state)
+                        r["reference_metrics"] = {"accuracy_guess_a_context_value": 1.0 / kv}
+                        out.append(r)
+    return out
 

@@ -6,6 +6,7 @@ tests/test_leaderboard_browser.py.
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import re
@@ -658,3 +659,194 @@ def test_crash_markers_and_hydra_logs_are_not_records(tmp_path):
         (results / hidden / "abc.json").write_text('{"pid": 1, "record": {}}')
     records, skipped = lbd.load_records(results)
     assert len(records) == 1 and skipped == []
+
+
+# ------------------------------------------------------------------------------------------------
+# mechanism pages: what each attention is (the registry) and how it did (the tables)
+
+
+def _registered():
+    from cab.registry import list_attentions
+
+    return list_attentions()
+
+
+@pytest.mark.parametrize("name", _registered())
+def test_every_registered_attention_has_page_metadata(name):
+    """Family, paper and patterns come from the registry, so a new attention is on the site the moment
+    it registers; a paper link is an https address or left empty (never a guess)."""
+    from cab.leaderboard import mechanisms
+    from cab.registry import FAMILIES, attention_spec
+
+    meta = mechanisms.registry_metadata([name])[name]
+    spec = attention_spec(name)
+    assert meta["registered"] and meta["module"] == spec.module and not meta["plugin"]
+    assert meta["family"] in FAMILIES and meta["family_text"] == FAMILIES[meta["family"]]
+    url = meta["paper"]["url"]
+    assert meta["paper"]["title"] and (url == "" or url.startswith("https://")), meta["paper"]
+    assert meta["citation"] and meta["summary"]  # the docstring's first line, and a paragraph of what it is
+    for pattern in ("noncausal_self", "causal_self", "noncausal_cross", "causal_cross"):
+        supported = any(p.value == pattern for p in spec.patterns)
+        expected = True if supported else next(r for p, r in spec.unsupported.items() if p.value == pattern)
+        assert meta["patterns"][pattern] == expected
+
+
+def test_attention_metadata_is_checked_at_registration():
+    from cab import Pattern, register_attention
+
+    with pytest.raises(ValueError, match="unknown family 'kernelish'; valid families: exact, sparse, routed, linear"):
+        register_attention("bad_family", patterns=set(Pattern), family="kernelish")
+    with pytest.raises(ValueError, match="unknown paper key.*authorz; valid: title, authors, venue, year, url"):
+        register_attention("bad_paper", patterns=set(Pattern), paper={"title": "T", "authorz": "me"})
+    with pytest.raises(ValueError, match="paper url must be an https:// address or empty"):
+        register_attention("bad_url", patterns=set(Pattern), paper={"title": "T", "url": "http://example.org"})
+    with pytest.raises(ValueError, match="non-empty 'title'"):
+        register_attention("no_title", patterns=set(Pattern), paper={"year": 2020})
+
+
+def test_split_docstring_takes_the_paper_line_and_a_prose_paragraph():
+    from cab.leaderboard.mechanisms import split_docstring
+
+    doc = 'Foo attention, "A paper" (Someone et al., 2030).\n\n    y = f(x)\n\nOps: one call.\n\nEach query reads a summary.\nOf the keys.\n'
+    assert split_docstring(doc) == ('Foo attention, "A paper" (Someone et al., 2030).', "Each query reads a summary. Of the keys.")
+    assert split_docstring("Only a line.") == ("Only a line.", "Only a line.")
+    assert split_docstring("") == ("", "")
+
+
+@pytest.fixture
+def plugin_attention():
+    """A plugin registered outside cab.attentions, without paper or family: its page falls back to its docstring."""
+    from cab import MultiHeadAttention, Pattern, register_attention, registry
+
+    @register_attention("plugin_doc_only", patterns={Pattern.NONCAUSAL_SELF, Pattern.CAUSAL_SELF},
+                        unsupported={Pattern.NONCAUSAL_CROSS: "no source sequence in my model", Pattern.CAUSAL_CROSS: "same reason"})
+    class PluginDocOnly(MultiHeadAttention):
+        """Plugin attention: queries read a running mean of the keys.
+
+        Each query reads the mean of the values so far.
+        """
+
+        __module__ = "my_lab.attention"  # as if installed from a third-party package
+
+    yield "plugin_doc_only"
+    registry._ATTENTIONS.entries.pop("plugin_doc_only")
+
+
+def test_plugin_and_unregistered_attentions_get_pages(tmp_path, plugin_attention):
+    records = [train_record(plugin_attention, "mqar", "causal_self", seed=s) for s in (0, 1)]
+    records += [train_record("softmax", "mqar", "causal_self", seed=s) for s in (0, 1)]
+    records.append(train_record("someone_elses", "mqar", "causal_self"))  # a name this build has not registered
+    unsupported = train_record("someone_elses", "mqar", "causal_cross", status="unsupported")
+    records.append(unsupported)
+    out, summary = build(tmp_path, records)
+    assert summary["mechanisms"] == 3
+    _, index = read_js(out / "data" / "mechanisms.js")
+    by_name = {m["name"]: m for m in index}
+    plugin = read_js(out / "data" / "mech" / f"{by_name[plugin_attention]['file']}.js")[1]
+    assert plugin["registered"] and plugin["plugin"] and plugin["module"] == "my_lab.attention"
+    assert plugin["paper"] is None and plugin["family"] is None
+    assert plugin["citation"] == "Plugin attention: queries read a running mean of the keys."
+    assert plugin["summary"] == "Each query reads the mean of the values so far."
+    assert plugin["patterns"]["noncausal_cross"] == "no source sequence in my model" and plugin["patterns"]["causal_self"] is True
+    (column,) = [g for g in plugin["accuracy"] if g["scale"] == "cpu"]
+    mqar = column["patterns"]["causal_self"]["mqar"]
+    assert mqar["reference"]["attention"] == "softmax" and mqar["of"] == 3 and mqar["rank"] in (1, 2, 3)
+    assert mqar["baselines"] == {"guess a context value": 0.25} and mqar["rows"][0]["value"][2] == 2
+    other = read_js(out / "data" / "mech" / f"{by_name['someone_elses']['file']}.js")[1]
+    assert not other["registered"] and other["patterns"]["causal_cross"] == unsupported["reason"]
+    assert other["patterns"]["causal_self"] is True and other["patterns"]["noncausal_self"] is None
+    assert by_name["softmax"]["paper"]["title"] == "Attention Is All You Need"
+
+
+def test_mechanism_file_names_are_safe(tmp_path):
+    from cab.leaderboard.mechanisms import file_id
+
+    assert file_id("linear") == "linear" and re.fullmatch(r"x[0-9a-f]{16}", file_id("../<evil>"))
+    out, _ = build(tmp_path, [train_record("../<evil>", "mqar", "causal_self")])
+    assert [p.name for p in (out / "data" / "mech").iterdir()] == [file_id("../<evil>") + ".js"]
+
+
+# ------------------------------------------------------------------------------------------------
+# the Zoology view, the full data set, dirty trees, efficiency directions
+
+
+def test_zoology_view_picks_the_best_learning_rate_per_point():
+    from cab.leaderboard.zoology import build_zoology
+    from leaderboard_fixture import zoology_records
+
+    records = zoology_records(attentions=("softmax", "linear", "sliding_window"), cells=((64, 4), (256, 16)), widths=(32, 64))
+    (group,) = build_zoology(records)
+    assert (group["scale"], group["pattern"]) == ("cpu", "causal_self")
+    assert [(f["seq_len"], f["num_kv_pairs"]) for f in group["facets"]] == [(64, 4), (256, 16)]
+    facet = group["facets"][0]
+    assert facet["chance"] == pytest.approx(0.25) and facet["no_state"] == ["sliding_window"]
+    lines = {line["attention"]: line for line in facet["lines"]}
+    assert set(lines) == {"softmax", "linear"}
+    point = next(p for p in lines["linear"]["points"] if p["d_model"] == 64)
+    assert point["state_size"] == 2 * (64 * 64 + 64) and point["chosen_from"] == 2 and point["differing"] == ["trainer.lr"]
+    by_lr = {}
+    for r in records:
+        cfg = r["config"]
+        if (r["attention"], cfg["task"]["seq_len"], cfg["task"]["d_model"]) == ("linear", 64, 64):
+            by_lr.setdefault(cfg["trainer"]["lr"], []).append(r["metrics"]["accuracy"])
+    best = max(by_lr.values(), key=lambda v: sum(v) / len(v))
+    assert point["mean"] == pytest.approx(sum(best) / len(best)) and point["n"] == len(best) == 2
+    assert [p["state_size"] for p in lines["linear"]["points"]] == sorted(p["state_size"] for p in lines["linear"]["points"])
+
+
+def test_full_data_set_downloads(tmp_path):
+    records = demo_records(seeds=2)
+    variant = train_record("softmax", "gcog", "noncausal_self")
+    variant["task_variant"] = "distractor"
+    records.append(variant)
+    records[0]["command"] = "cab run <script>alert(1)</script>"
+    out, _ = build(tmp_path, records)
+    lines = (out / "data" / "records.jsonl").read_text().splitlines()
+    assert len(lines) == len(records)
+    assert "<" not in "".join(lines) and ">" not in "".join(lines)
+    parsed = {r["run_id"]: r for r in map(json.loads, lines)}
+    for r in records:
+        assert parsed[r["run_id"]] == json.loads(json.dumps(r))  # as written: the variant's task name too
+    with open(out / "data" / "runs.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    header, body = rows[0], rows[1:]
+    assert header == [h.strip() for h in header] and len(set(header)) == len(header)
+    for column in ("run_id", "seed", "metrics.accuracy", "metrics.mse", "cost.flops_per_example", "config.task.seq_len",
+                   "env.git_dirty", "command"):
+        assert column in header, column
+    train = [r for r in records if r["kind"] == "train"]
+    assert len(body) == len(train) and {row[header.index("run_id")] for row in body} == {r["run_id"] for r in train}
+    one = next(row for row in body if row[header.index("run_id")] == records[0]["run_id"])
+    assert float(one[header.index("metrics.accuracy")]) == records[0]["metrics"]["accuracy"]
+    with open(out / "data" / "efficiency.csv", newline="") as f:
+        eff_rows = list(csv.DictReader(f))
+    assert len(eff_rows) == sum(len(r["efficiency"]["points"]) for r in records if r["kind"] == "efficiency")
+    assert {"efficiency.direction", "efficiency.points.length", "efficiency.points.time_median_s"} <= set(eff_rows[0])
+    _, index = read_js(out / "data" / "index.js")
+    assert [d["file"] for d in index["downloads"]] == ["records.jsonl", "runs.csv", "efficiency.csv"]
+
+
+def test_runs_from_a_dirty_tree_are_counted_where_their_numbers_appear(tmp_path):
+    records = [train_record("softmax", "mqar", "causal_self", seed=0, dirty=True), train_record("softmax", "mqar", "causal_self", seed=1)]
+    out, _ = build(tmp_path, records)
+    (cell,) = table_of(out, "causal_self")["cells"]
+    assert cell["dirty"] == 1 and sorted(run[3] for run in cell["runs"]) == [0, 1]
+    _, index = read_js(out / "data" / "index.js")
+    assert index["dirty_runs"] == 1
+
+
+def test_efficiency_groups_follow_direction_and_distributed_settings():
+    recs = [efficiency_record(a, "causal_self") for a in ("softmax", "linear")]
+    recs += [efficiency_record(a, "causal_self", direction="decode") for a in ("softmax", "linear")]
+    ring = [efficiency_record(a, "causal_self", extra={"world_size": 4, "strategy": "ring"}) for a in ("softmax", "linear")]
+    top_level = efficiency_record("linear", "causal_self", extra={"world_size": 2})
+    top_level["strategy"] = "all_to_all"  # a distributed field stated on the record itself
+    eff = lbd.build_efficiency(recs + ring + [top_level])
+    settings = [g["settings"] for g in eff["groups"]]
+    assert len(settings) == 4
+    assert {s["direction"] for s in settings} == {"forward", "decode"}
+    assert {(s.get("world_size"), s.get("strategy")) for s in settings} == {(None, None), (4, "ring"), (2, "all_to_all")}
+    decode = next(g for g in eff["groups"] if g["settings"]["direction"] == "decode")
+    line = next(x for x in decode["patterns"]["causal_self"] if x["attention"] == "linear")
+    if eff["available"]:  # CAB's quadratic fit is for forward passes; decode keeps the measured crossing
+        assert all(v["cab_fit"] is None for v in line["efficiency_lengths"]["softmax"].values())

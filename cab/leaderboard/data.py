@@ -109,7 +109,7 @@ def load_records(results_dir: str | Path, warn=None) -> tuple[list[dict[str, Any
             continue
         if record.get("task_variant") and isinstance(record.get("task"), str):
             # e.g. gCOG's splits: one column per variant
-            record = dict(record, task=f"{record['task']}/{record['task_variant']}")
+            record = dict(record, task=f"{record['task']}/{record['task_variant']}", _task=record["task"])
         run_id = record["run_id"]
         if not SAFE_ID.match(run_id):
             # the id goes into URLs and file names: derive a safe one from the unsafe one
@@ -243,6 +243,7 @@ def _build_table(scale, hardware, pattern, recs, normalisation, warn) -> dict[st
         info["references"] = {name: sum(by_seed.values()) / len(by_seed) for name, by_seed in info["references"].items()}
     for task, info in tasks.items():
         info["gate"] = column_gate(task, [r for r in recs if r["task"] == task], shown, labels, warn)
+        info["trivial_baselines"] = trivial_baselines(info)
     rows = sorted(row_keys.values(), key=lambda x: (x["attention"], x["variant"]))
     table = {"scale": scale, "hardware": hardware, "pattern": pattern, "tasks": dict(sorted(tasks.items())),
              "rows": rows, "cells": cells}
@@ -348,9 +349,18 @@ def _cell(group: list[dict[str, Any]]) -> dict[str, Any]:
         note = _text(first.get("reason"), 500) if status == "unsupported" else error_message(first)
         if status == "unsupported" and not note:
             note = "no reason recorded"
-    runs = sorted(([r["run_id"], r.get("seed") if isinstance(r.get("seed"), int) else None, r["status"]] for r in group),
-                  key=lambda x: (x[1] is None, x[1] if x[1] is not None else 0, x[0]))
-    return {"status": status, "counts": dict(counts), "metrics": metrics, "cost": cost, "note": note, "runs": runs}
+    # [run id, seed, status, 1 if it ran from a working tree with uncommitted changes else 0]
+    runs = sorted(([r["run_id"], r.get("seed") if isinstance(r.get("seed"), int) else None, r["status"], int(is_dirty(r))]
+                   for r in group), key=lambda x: (x[1] is None, x[1] if x[1] is not None else 0, x[0]))
+    return {"status": status, "counts": dict(counts), "metrics": metrics, "cost": cost, "note": note, "runs": runs,
+            "dirty": sum(x[3] for x in runs)}
+
+
+def is_dirty(record: dict[str, Any]) -> bool:
+    """Did the run come from a working tree with uncommitted changes (`env.git_dirty`)? Then its
+    commit does not pin the code that produced it, and the site flags its numbers."""
+    env = record.get("env")
+    return isinstance(env, dict) and env.get("git_dirty") is True
 
 
 def _reference_rows(tasks: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
@@ -363,16 +373,33 @@ def _reference_rows(tasks: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     data rather than scoring a baseline, and stays on the run page only."""
     rows: dict[str, dict[str, Any]] = {}
     for task, info in tasks.items():
-        metric_names = sorted(info["metric_info"], key=len, reverse=True)
         for name, value in info["references"].items():
-            metric = next((m for m in metric_names if name.startswith(m + "_")), None)
-            if metric is None and "/" in name:
+            label, metric = reference_label(name, info)
+            if label is None:
                 continue
-            label = name[len(metric) + 1:] if metric else name
-            metric = metric or info["primary_metric"]
-            row = rows.setdefault(label, {"label": label.replace("_", " "), "values": {}})
+            row = rows.setdefault(label, {"label": label, "values": {}})
             row["values"].setdefault(task, {})[metric] = value
     return [rows[k] for k in sorted(rows)]
+
+
+def reference_label(name: str, info: dict[str, Any]) -> tuple[str | None, str | None]:
+    """(row label, metric) of a `reference_metrics` name in a column: "mse_last_value" is the mse of
+    "last value"; a name with no metric prefix is in the primary metric; a name with a "/" describes
+    the data, not a baseline (None, None)."""
+    metric = next((m for m in sorted(info["metric_info"], key=len, reverse=True) if name.startswith(m + "_")), None)
+    if metric is None and "/" in name:
+        return None, None
+    label = name[len(metric) + 1:] if metric else name
+    return label.replace("_", " "), metric or info["primary_metric"]
+
+
+def trivial_baselines(info: dict[str, Any]) -> list[str] | None:
+    """The reference rows a column's gate counts as trivial (chance, majority class, unigram,
+    repeat-last), by label; None where the column has no gate to say which are trivial."""
+    gate = (info.get("gate") or {}).get("gate")
+    if not isinstance(gate, dict) or not isinstance(gate.get("baselines"), list):
+        return None
+    return sorted({label for name in gate["baselines"] if isinstance(name, str) and (label := reference_label(name, info)[0])})
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -530,8 +557,7 @@ def build_efficiency(records: Iterable[dict[str, Any]], warn=None) -> dict[str, 
     fn = _efficiency_lengths_fn() if records else None
     for r in records:
         eff = r.get("efficiency") if isinstance(r.get("efficiency"), dict) else {}
-        settings = {k: eff.get(k) for k in ("direction", "batch", "num_heads", "dim", "dtype", "threads")}
-        settings = {k: (v if isinstance(v, (int, float, str)) and not isinstance(v, bool) else None) for k, v in settings.items()}
+        settings = efficiency_settings(r, eff)
         hw = hardware_of(r)
         key = json.dumps([hw, settings], sort_keys=True)
         g = groups.setdefault(key, {"hardware": hw, "scale": scale_of(r), "settings": settings, "patterns": {}})
@@ -545,7 +571,7 @@ def build_efficiency(records: Iterable[dict[str, Any]], warn=None) -> dict[str, 
         derived = eff.get("derived") if isinstance(eff.get("derived"), dict) else {}
         curve = {"attention": label, "hparams": hp, "run_id": r["run_id"], "status": r["status"],
                  "note": _text(r.get("reason"), 500) if r["status"] == "unsupported" else error_message(r),
-                 "started_at": str(r.get("started_at")), "points": _points(eff),
+                 "started_at": str(r.get("started_at")), "points": _points(eff), "dirty": is_dirty(r),
                  "time_exponent": _number(derived.get("time_exponent")),
                  "memory_exponent": _number(derived.get("memory_exponent"))}
         old = curves.get(label_key)
@@ -559,11 +585,36 @@ def build_efficiency(records: Iterable[dict[str, Any]], warn=None) -> dict[str, 
             lines = [curves[k] for k in sorted(curves)]
             _add_variant_labels(lines)
             for line in lines:
-                line["efficiency_lengths"] = _lengths(fn, line, lines, warn)
+                line["efficiency_lengths"] = _lengths(fn, line, lines, warn, g["settings"].get("direction"))
             patterns[pattern] = lines
         out.append({"hardware": g["hardware"], "scale": g["scale"], "settings": g["settings"], "patterns": patterns})
     # with no efficiency records there is nothing to say about lengths either way
     return {"available": fn is not None or not records, "baselines": list(EFFICIENCY_BASELINES), "groups": out}
+
+
+# The settings that make two efficiency measurements comparable: one group (one set of plots) per
+# distinct combination on one machine. The last two are written by distributed (sequence-parallel)
+# benchmarks and are only part of a group's settings where a record states them.
+EFFICIENCY_SETTINGS = ("direction", "mode", "batch", "num_heads", "dim", "dtype", "threads")
+DISTRIBUTED_SETTINGS = ("world_size", "strategy")
+# Directions whose cost grows like a forward pass (quadratic for the baselines), where CAB's fitted
+# efficiency length means something; others (`decode`: time per generated token against context)
+# get the measured crossing only.
+FORWARD_DIRECTIONS = (None, "forward", "forward_backward", "backward")
+
+
+def efficiency_settings(record: dict[str, Any], eff: dict[str, Any]) -> dict[str, Any]:
+    """The comparable settings of one efficiency record: numbers and strings only (anything else is
+    None), the distributed fields from the efficiency object or the record itself where present."""
+    def clean(v):
+        return v if isinstance(v, (int, float, str)) and not isinstance(v, bool) else None
+
+    settings = {k: clean(eff.get(k)) for k in EFFICIENCY_SETTINGS}
+    for k in DISTRIBUTED_SETTINGS:
+        v = clean(eff.get(k, record.get(k)))
+        if v is not None:
+            settings[k] = v
+    return settings
 
 
 def _add_variant_labels(lines: list[dict[str, Any]]) -> None:
@@ -590,8 +641,9 @@ def _no_crossing(method: list[dict[str, Any]], base: list[dict[str, Any]], key: 
     return None
 
 
-def _lengths(fn, line, lines, warn) -> dict[str, Any]:
-    """{baseline: {time: {cab_fit, crossing}, memory: {...}}} for each baseline curve in the group."""
+def _lengths(fn, line, lines, warn, direction=None) -> dict[str, Any]:
+    """{baseline: {time: {cab_fit, crossing}, memory: {...}}} for each baseline curve in the group.
+    CAB's fit (a quadratic baseline against a linear method) is kept for forward-like directions only."""
     if fn is None or line["status"] != "ok":
         return {}
     out = {}
@@ -603,7 +655,8 @@ def _lengths(fn, line, lines, warn) -> dict[str, Any]:
         for name, key in (("time", "time_median_s"), ("memory", "peak_memory_bytes")):
             try:
                 res = fn(line["points"], ref["points"], key) or {}
-                entry[name] = {"cab_fit": _number(res.get("cab_fit")), "crossing": _number(res.get("crossing"))}
+                entry[name] = {"cab_fit": _number(res.get("cab_fit")) if direction in FORWARD_DIRECTIONS else None,
+                               "crossing": _number(res.get("crossing"))}
                 if entry[name]["crossing"] is None:
                     entry[name]["crossing_note"] = _no_crossing(line["points"], ref["points"], key)
             except Exception as exc:  # noqa: BLE001 - one bad fit must not stop the build
@@ -622,7 +675,8 @@ def run_summary(record: dict[str, Any]) -> dict[str, Any]:
     """What a run page shows: the record less nothing a reader needs, with the derived labels."""
     keep = ("run_id", "kind", "status", "attention", "pattern", "task", "seed", "metrics", "metric_info",
             "primary_metric", "reference_metrics", "gate", "cost", "attention_info", "reason", "config", "env", "command",
-            "started_at", "duration_s", "error", "early_stopped_at_step", "efficiency")
+            "started_at", "duration_s", "error", "early_stopped_at_step", "efficiency", "lr_selection",
+            "validation_metrics", "restored_step", "eval_history", "eval_history_split")
     out = {k: record.get(k) for k in keep if k in record}
     out["scale"] = scale_of(record)
     out["hardware"] = hardware_of(record)

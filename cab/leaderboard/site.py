@@ -4,9 +4,11 @@ The site is static and works from file://: the pages (leaderboard/*.html, assets
 package `cab.leaderboard_site`) are copied as they are, and the data is written as small JavaScript
 files that assign JSON to `window.CAB_DATA` (a `<script src>` loads from file://, `fetch()` does
 not). Data is sharded as the lessons of HELM (a 260 MB runs.json) and MTEB (20 s to load a table)
-suggest: one file per scale × hardware × pattern table, one per efficiency setting, and runs spread
-over 256 files by a hash of their id, so the overview reads a few kilobytes whatever the size of the
-results folder.
+suggest: one file per scale × hardware × pattern table, one per efficiency setting, one per
+mechanism (mech/<name>.js, read by its page and the compare view), the Zoology view, and runs spread
+over 256 files by a hash of their id, so the overview reads about a hundred kilobytes whatever the
+size of the results folder. Beside them, the full data set for download: records.jsonl, runs.csv,
+efficiency.csv (`cab.leaderboard.downloads`).
 
 Every string in a record is untrusted. Python writes record strings only into those data files, as
 JSON with `<`, `>` and `&` escaped (so `</script>` and `<!--` cannot appear); the pages' JavaScript
@@ -25,12 +27,12 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from cab.leaderboard import data
+from cab.leaderboard import data, downloads, mechanisms, zoology
 from cab.results.environment import git_output, now_iso
 
 SITE_PACKAGE = "cab.leaderboard_site"
 DEFAULT_NORMALISATION = "normalisation-v1.json"
-PAGES = ("index.html", "efficiency.html", "cost.html", "run.html")
+PAGES = ("index.html", "mechanism.html", "compare.html", "efficiency.html", "cost.html", "zoology.html", "run.html")
 RUN_SHARDS = 256
 
 
@@ -119,7 +121,11 @@ def build(results: str | Path = "results", out: str | Path = "site", normalisati
 
     tables = data.build_tables(records, norm, warn=warn)
     efficiency = data.build_efficiency(records, warn=warn)
+    zoo = zoology.build_zoology(records)
     t_compute = time.perf_counter()
+    # what each attention is comes from the registry (imports the attention modules, and torch)
+    mech_index, mech_pages = mechanisms.build_mechanisms(records, tables, efficiency, warn=warn)
+    t_meta = time.perf_counter()
 
     # the output folder: pages and assets from the package, data regenerated
     out.mkdir(parents=True, exist_ok=True)
@@ -129,6 +135,7 @@ def build(results: str | Path = "results", out: str | Path = "site", normalisati
             raise UsageError(f"{data_dir} exists and was not written by cab leaderboard; choose another --out")
         shutil.rmtree(data_dir)
     (data_dir / "runs").mkdir(parents=True)
+    (data_dir / "mech").mkdir()
     src = site_source()
     commit = git_output("rev-parse", "--short=12", "HEAD")
     dirty = git_output("status", "--porcelain", "--untracked-files=no")
@@ -160,6 +167,20 @@ def build(results: str | Path = "results", out: str | Path = "site", normalisati
         eff_index.append({"file": name, "scale": group["scale"], "hardware": group["hardware"], "settings": group["settings"],
                           "patterns": list(group["patterns"])})
 
+    bytes_written += _write_js(data_dir / "mechanisms.js", "mechanisms", mech_index)
+    for page in mech_pages.values():
+        bytes_written += _write_js(data_dir / "mech" / f"{page['file']}.js", "mech-" + page["file"], page)
+    bytes_written += _write_js(data_dir / "zoology.js", "zoology", zoo)
+    # the full data set: every record (JSON Lines), the training runs and the efficiency points (CSV)
+    files = [("records.jsonl", "every record, one JSON object per line", downloads.write_jsonl),
+             ("runs.csv", "training runs: one row per run and seed, columns named as in the record", downloads.write_runs_csv),
+             ("efficiency.csv", "efficiency runs: one row per run and measured length", downloads.write_efficiency_csv)]
+    download_index = []
+    for name, what, write in files:
+        size = write(records, data_dir / name)
+        bytes_written += size
+        download_index.append({"file": name, "what": what, "bytes": size})
+
     shards: dict[str, dict[str, Any]] = {}
     for r in records:
         shards.setdefault(data.run_shard(r["run_id"], RUN_SHARDS), {})[r["run_id"]] = data.run_summary(r)
@@ -190,6 +211,10 @@ def build(results: str | Path = "results", out: str | Path = "site", normalisati
         "efficiency_baselines": efficiency["baselines"],
         "normalisation": norm,
         "run_shards": RUN_SHARDS,
+        "dirty_runs": sum(data.is_dirty(r) for r in records),
+        "mechanisms": len(mech_index),
+        "zoology": [{"scale": g["scale"], "hardware": g["hardware"], "pattern": g["pattern"], "facets": len(g["facets"])} for g in zoo],
+        "downloads": download_index,
     }
     bytes_written += _write_js(data_dir / "index.js", "index", index)
     if norm is not None:
@@ -198,8 +223,9 @@ def build(results: str | Path = "results", out: str | Path = "site", normalisati
     return {
         "out": str(out), "records": len(records), "skipped": len(skipped), "tables": len(tables),
         "efficiency_groups": len(eff_index), "run_files": len(shards), "data_bytes": bytes_written,
+        "mechanisms": len(mech_index),
         "seconds": {"load": round(t_load - t0, 3), "compute": round(t_compute - t_load, 3),
-                    "write": round(t_end - t_compute, 3), "total": round(t_end - t0, 3)},
+                    "metadata": round(t_meta - t_compute, 3), "write": round(t_end - t_meta, 3), "total": round(t_end - t0, 3)},
         "normalisation": norm_path.name if norm else None,
     }
 

@@ -1,7 +1,10 @@
 /* Overview: one tab per pattern; attentions × tasks with the primary metric (mean ± std over seeds,
- * seed count), the CAB-style aggregate beside the per-task scores, baselines as reference rows.
- * A single task selected shows all its metrics. Each column carries its reference gate's verdict
- * (cab/gates.py): a column softmax has not learnt is marked, muted and left out of the aggregate. */
+ * rounded to what the seeds support, and the seed count), the CAB-style aggregate beside the
+ * per-task scores, the trivial baselines as rows at the top. Each column carries its reference
+ * gate's verdict (cab/gates.py): a column softmax has not learnt is marked, muted and left out of the
+ * aggregate. A cell no better than its column's best trivial baseline says so; a number with seeds
+ * from uncommitted code carries ✱. Sorting: header buttons (keyboard too), direction drawn and
+ * announced, reset when the view changes. */
 "use strict";
 (async function () {
   const { el, fmt, badge } = CAB;
@@ -13,7 +16,7 @@
     main.appendChild(el("div", { class: "empty", text: "No data: build the site with `cab leaderboard build` (" + e.message + ")." }));
     return;
   }
-  const PATTERN_TEXT = { noncausal_self: "noncausal self", causal_self: "causal self", noncausal_cross: "noncausal cross", causal_cross: "causal cross" };
+  const PATTERN_TEXT = CAB.PATTERN_TEXT;
   const GATE_TEXT = { learnt: "learnt", not_learnt: "not learnt", unknown: "no verdict" };
   const GATE_BADGE = { not_learnt: "not learnt", unknown: "unchecked" };
   const GATE_CLASS = { not_learnt: "unlearnt", unknown: "unchecked" };
@@ -22,20 +25,23 @@
   const context = el("div", { class: "context", id: "context" });
   const scaleSel = el("select", { id: "f-scale" }), hwSel = el("select", { id: "f-hardware" }), taskSel = el("select", { id: "f-task" });
   const viewSel = el("select", { id: "f-view" }, el("option", { value: "raw", text: "metric values" }), el("option", { value: "z", text: "task z-scores" }));
-  const search = el("input", { type: "search", id: "f-search", placeholder: "search attentions…", size: 22 });
+  const search = el("input", { type: "search", id: "f-search", placeholder: "search attentions…", size: 18, "aria-label": "search attentions" });
   const dl = el("span", { class: "dl" });
   const controls = el("div", { class: "controls" },
     el("label", {}, "scale", scaleSel), el("label", {}, "hardware", hwSel), el("label", {}, "task", taskSel),
     el("label", {}, "show", viewSel), search, dl);
-  const tabs = el("div", { class: "tabs", id: "tabs", role: "tablist" });
-  const wrap = el("div", { class: "tablewrap" });
+  const tabs = el("div", { class: "tabs", id: "tabs", role: "tablist", "aria-label": "attention pattern" });
+  const keyLine = el("p", { class: "keyline", id: "keyline" });
+  const wrap = el("div", { class: "tablewrap board-wrap" });
   const gatesBox = el("div", { class: "gates", id: "gates" });
   const below = el("div", {});
   main.appendChild(el("h1", { text: "Attention mechanisms across patterns and tasks" }));
-  main.appendChild(el("p", { class: "lead", text: "Each cell: the task's primary metric, mean ± standard deviation over seeds (n = seeds that finished). A column marked \u201cnot learnt\u201d is one where softmax, the reference, does not clear the task's gate on every seed: its numbers compare noise, and the aggregate leaves it out. Click a header to sort (best first, missing last); click a number for its runs." }));
+  main.appendChild(el("details", { class: "howto" }, el("summary", { text: "How to read this table" }),
+    el("p", { text: "Each cell: the task's primary metric, mean ± standard deviation over seeds, rounded to the precision the seeds support (n = seeds that finished). The italic rows at the top are trivial baselines (chance, majority class, unigram, last value): a cell marked “≤ baseline” is no better than the best of them. A column marked “not learnt” is one where softmax, the reference, does not clear the task's gate on every seed: its numbers compare noise, and the aggregate leaves it out. A value is bold only when it is best and its mean ± std does not overlap the runner-up's. ✱ marks numbers with seeds run from uncommitted code. Sort with the column buttons (best first, then reversed; missing values always last); click a number for its runs, a name for its mechanism page." })));
   main.appendChild(context);
   main.appendChild(controls);
   main.appendChild(tabs);
+  main.appendChild(keyLine);
   main.appendChild(wrap);
   main.appendChild(gatesBox);
   main.appendChild(below);
@@ -48,7 +54,7 @@
   const scales = [...new Set(idx.tables.map((t) => t.scale))];
   const runsOf = (s) => idx.tables.filter((t) => t.scale === s).reduce((a, t) => a + t.runs, 0);
   scales.sort((a, b) => runsOf(b) - runsOf(a) || a.localeCompare(b));
-  let current = null, shown = { columns: [], rows: [] };
+  let current = null, shown = { cols: [], rows: [] }, viewKey = null;
 
   async function render() {
     if (!idx.tables.length) return;
@@ -61,6 +67,7 @@
     for (const p of idx.patterns) {
       const t = here.find((x) => x.pattern === p);
       tabs.appendChild(el("button", { type: "button", role: "tab", "data-pattern": p, class: p === state.pattern ? "active" : null,
+        "aria-selected": p === state.pattern ? "true" : "false",
         disabled: t ? null : "disabled", title: t ? null : "no records for this pattern at this scale and hardware",
         onclick: () => { state.pattern = p; state.task = ""; update(); } },
       PATTERN_TEXT[p] || p, el("span", { class: "count", text: t ? t.runs + " runs" : "—" })));
@@ -68,6 +75,10 @@
     const meta = here.find((t) => t.pattern === state.pattern);
     current = await CAB.load("data/" + meta.file + ".js", meta.file);
     state.task = CAB.fillSelect(taskSel, [["", "all tasks"], ...Object.keys(current.tasks)], state.task || "");
+    // a sort order belongs to the view it was chosen in: another pattern, task or machine starts best first
+    const key = [state.scale, state.hw, state.pattern, state.task].join("|");
+    if (viewKey !== null && key !== viewKey) { state.dir = ""; state.sort = ""; }
+    viewKey = key;
     viewSel.value = state.view;
     search.value = state.q || "";
     CAB.context(context, [["scale", current.scale], ["hardware", current.hardware], ["pattern", PATTERN_TEXT[current.pattern] || current.pattern]], idx);
@@ -76,16 +87,31 @@
     CAB.setState(state);
   }
 
+  /** The best trivial baseline of a column: the value a cell must beat to have learnt anything. Only
+   * the baselines the column's gate calls trivial (chance, majority class, unigram, repeat-last); a
+   * strong baseline such as lstf's linear model is a bar to beat, not a sign of nothing learnt. */
+  function bestBaseline(task, metric, hib) {
+    let best = null;
+    const trivial = current.tasks[task].trivial_baselines;
+    for (const ref of current.references) {
+      if (trivial && !trivial.includes(ref.label)) continue;
+      const v = ref.values[task] && ref.values[task][metric];
+      if (v === undefined || v === null) continue;
+      if (!best || (hib ? v > best.value : v < best.value)) best = { value: v, label: ref.label };
+    }
+    return best;
+  }
+
   function columns() {
     const t = current, agg = t.aggregate, cols = [];
     const cell = (row, task) => cellMap.get(row.id + "\u0000" + task);
     cols.push({ key: "attention", label: "attention", sub: "", hib: false, string: true,
-      value: (r) => r.attention + " " + r.variant, csv: (r) => ({ attention: r.attention, variant: r.variant }) });
+      value: (r) => r.attention + " " + r.variant });
     if (agg.tasks.length) {
       const single = state.task && agg.tasks.includes(state.task);
       if (!state.task || single) {
         const left = Object.keys(agg.excluded || {});
-        cols.push({ key: "agg", label: single ? "task score" : "aggregate", sub: "z, ↑ better" + (!single && left.length ? " · " + agg.tasks.length + " of " + (agg.tasks.length + left.length) + " tasks" : ""), hib: true, agg: true,
+        cols.push({ key: "agg", label: single ? "task score" : "aggregate", sub: "z ↑" + (!single && left.length ? " · " + agg.tasks.length + " of " + (agg.tasks.length + left.length) + " tasks" : ""), hib: true, agg: true,
           title: single ? "mean z-score of this task's metrics (frozen constants " + (idx.normalisation || {}).file + ")"
             : "CAB-style index: z-scores per metric (frozen constants), averaged per task, then over the pattern's " + agg.tasks.length + " learnt tasks"
               + (left.length ? "; left out, not learnt: " + left.join(", ") : ""),
@@ -101,8 +127,9 @@
         const mi = info.metric_info[m] || { higher_is_better: true, description: "" };
         const z = state.view === "z" && !state.task;
         const gate = info.gate || { status: "unknown", reason: "" };
-        cols.push({ key: task + ":" + m, task, metric: m, gate, label: state.task ? m : task, sub: (state.task ? "" : m + " ") + (z ? "z" : "") + (mi.higher_is_better || z ? " ↑" : " ↓"),
-          hib: z ? true : mi.higher_is_better, title: (z ? "z-score of task " + task : m + ": " + mi.description) + (mi.higher_is_better ? " (higher is better)" : " (lower is better)")
+        cols.push({ key: task + ":" + m, task, metric: m, gate, label: state.task ? m : task, sub: (state.task ? "" : m + " ") + (z ? "z " : "") + (mi.higher_is_better || z ? "↑" : "↓"),
+          hib: z ? true : mi.higher_is_better, baseline: z ? null : bestBaseline(task, m, mi.higher_is_better),
+          title: (z ? "z-score of task " + task : m + ": " + mi.description) + (mi.higher_is_better ? " (higher is better)" : " (lower is better)")
             + "\n" + GATE_TEXT[gate.status] + (gate.reason ? ": " + gate.reason : ""),
           z, value: (r) => { const c = cell(r, task);
             if (z) { const a = agg.rows[r.id]; const v = a && a.task_scores[task]; return v === undefined ? null : v; }
@@ -119,7 +146,8 @@
     const q = (state.q || "").toLowerCase();
     let rows = current.rows.filter((r) => !q || (r.attention + " " + r.variant).toLowerCase().includes(q));
     const sortCol = cols.find((c) => c.key === state.sort) || cols.find((c) => c.agg) || cols[1] || cols[0];
-    rows = CAB.sortRows(rows, sortCol.value, sortCol.hib, state.dir === "rev");
+    const reversed = state.dir === "rev";
+    rows = CAB.sortRows(rows, sortCol.value, sortCol.hib, reversed);
     if (sortCol.agg && !state.task) {
       // a partial aggregate (some tasks not finished) ranks after every complete one, in either direction
       const complete = (r) => { const a = current.aggregate.rows[r.id]; return a && a.score !== null && a.complete; };
@@ -127,18 +155,29 @@
     }
     const best = bestCells(cols, rows);
 
-    const thead = el("thead", {}, el("tr", {}, cols.map((c) => el("th", {
-      class: [c === sortCol ? "sorted" : "", c.agg ? "agg" : "", c.gate ? GATE_CLASS[c.gate.status] : ""].join(" ").trim() || null, "data-key": c.key,
-      "data-gate": c.gate ? c.gate.status : null, title: c.title || null,
-      "aria-sort": c === sortCol ? (state.dir === "rev" ? "ascending" : "descending") : null,
-      onclick: () => { if (state.sort === c.key || (c === sortCol && !state.sort)) state.dir = state.dir === "rev" ? "" : "rev"; else { state.sort = c.key; state.dir = ""; } drawTable(); CAB.setState(state); },
-    }, c.label, c.gate && c.gate.status !== "learnt" ? el("span", { class: "badge gate " + c.gate.status, text: GATE_BADGE[c.gate.status] }) : null,
-    c.sub ? el("span", { class: "dir", text: c.sub }) : null))));
-    const tbody = el("tbody", { id: "rows" });
-    for (const r of rows) tbody.appendChild(el("tr", { "data-attention": r.attention }, cols.map((c) => renderCell(c, r, best))));
+    const thead = el("thead", {}, el("tr", {}, cols.map((c) => {
+      const th = CAB.sortHeader({ label: c.label, sub: c.sub, key: c.key, hib: c.hib, string: c.string, title: c.title,
+        sorted: c === sortCol ? (reversed ? "reversed" : "best") : null,
+        cls: [c.agg ? "agg" : "", c.gate ? GATE_CLASS[c.gate.status] || "" : ""].join(" ").trim(),
+        extra: [c.gate && c.gate.status !== "learnt" ? el("span", { class: "badge gate " + c.gate.status, text: GATE_BADGE[c.gate.status] }) : null],
+        onSort: () => {
+          if (c === sortCol) state.dir = reversed ? "" : "rev"; else { state.sort = c.key; state.dir = ""; }
+          drawTable(); CAB.setState(state);
+          const now = cols.find((x) => x.key === (state.sort || sortCol.key)) || c;
+          CAB.announce("sorted by " + now.label + (now.sub ? " " + now.sub : "") + ", " + (state.dir === "rev" ? (now.string ? "Z to A" : "worst first") : (now.string ? "A to Z" : "best first")));
+          const again = wrap.querySelector('th[data-key="' + c.key + '"] button');
+          if (again) again.focus();
+        } });
+      if (c.gate) th.setAttribute("data-gate", c.gate.status);
+      return th;
+    })));
+    // the baselines first: a reader sees what "nothing learnt" scores before any mechanism
     const refs = el("tbody", { class: "ref" });
     for (const ref of current.references) {
-      const tr = el("tr", {}, el("td", { text: ref.label }));
+      const isTrivial = Object.values(current.tasks).some((t) => (t.trivial_baselines || []).includes(ref.label));
+      const tr = el("tr", { class: isTrivial ? "trivial" : "strong" }, el("td", { class: "name", title: isTrivial ? "a trivial baseline: a mechanism at or below it has learnt nothing the baseline does not know"
+        : "a baseline the task records beside the trivial ones (not used by the gate)" },
+      el("span", { class: "reftag", text: isTrivial ? "trivial" : "baseline" }), el("span", { class: "refname", text: ref.label })));
       for (const c of cols.slice(1)) {
         const v = c.task && !c.z && ref.values[c.task] ? ref.values[c.task][c.metric] : undefined;
         tr.appendChild(el("td", { class: c.agg ? "agg" : (c.gate && GATE_CLASS[c.gate.status]) || null, title: v !== undefined ? "baseline from the task's reference_metrics" : "not applicable",
@@ -146,11 +185,18 @@
       }
       if (cols.some((c) => c.task && !c.z && ref.values[c.task] && ref.values[c.task][c.metric] !== undefined)) refs.appendChild(tr);
     }
-    const table = el("table", { class: "board", id: "board" }, thead, tbody, refs);
+    const tbody = el("tbody", { id: "rows" });
+    for (const r of rows) tbody.appendChild(el("tr", { "data-attention": r.attention, class: r.attention === "softmax" ? "refmech" : null }, cols.map((c) => renderCell(c, r, best))));
+    const table = el("table", { class: "board", id: "board" }, thead, refs, tbody);
     wrap.textContent = "";
     wrap.appendChild(table);
     if (!rows.length) wrap.appendChild(el("div", { class: "empty", text: "No attention matches the search." }));
     shown = { cols, rows };
+    const dirtyRuns = current.cells.reduce((a, c) => a + (c.dirty || 0), 0);
+    keyLine.textContent = "";
+    keyLine.append(...[el("span", { class: "sorted-by", id: "sorted-by", text: "Sorted by " + sortCol.label + (sortCol.sub ? " (" + sortCol.sub + ")" : "") + ": " + (reversed ? (sortCol.string ? "Z to A" : "worst first") : (sortCol.string ? "A to Z" : "best first")) + ". " }),
+      dirtyRuns ? el("span", { text: "✱ = some seeds ran from uncommitted code (" + dirtyRuns + " runs in this table). " }) : null,
+      el("span", { text: "≤ baseline = no better than the column's best trivial baseline." })].filter(Boolean));
     drawGates();
   }
 
@@ -195,7 +241,9 @@
 
   function renderCell(c, r, best) {
     if (c.key === "attention") {
-      return el("td", { class: "name" }, el("span", { text: r.attention }), r.variant ? el("span", { class: "variant", text: r.variant }) : null);
+      return el("td", { class: "name" }, el("a", { class: "mech", href: CAB.mechHref(r.attention), title: r.attention + (r.variant ? " [" + r.variant + "]" : "") + ": its page (paper, patterns, every result)", text: r.attention }),
+        r.attention === "softmax" ? el("span", { class: "reftag", title: "the reference mechanism of every column's gate", text: "reference" }) : null,
+        r.variant ? el("span", { class: "variant", text: r.variant }) : null);
     }
     const allRuns = current.cells.filter((x) => x.row === r.id).flatMap((x) => x.runs.map((y) => y[0]));
     if (c.agg) {
@@ -210,7 +258,7 @@
     const cell = cellMap.get(r.id + "\u0000" + c.task);
     if (!cell) return el("td", { class: muted, title: "no record for this attention, task and pattern" }, badge("notrun", "no record"));
     const href = CAB.runHref(cell.runs.map((x) => x[0]));
-    const seeds = cell.runs.map((x) => "seed " + (x[1] === null ? "?" : x[1]) + ": " + x[2]).join("\n");
+    const seeds = cell.runs.map((x) => "seed " + (x[1] === null ? "?" : x[1]) + ": " + x[2] + (x[3] ? " (uncommitted code)" : "")).join("\n");
     if (cell.status !== "ok") {
       const note = cell.note || "";
       return el("td", { class: "status " + cell.status + (muted ? " " + muted : ""), title: (CAB.STATUS_TEXT[cell.status] + (note ? ": " + note : "")) + "\n" + seeds },
@@ -224,10 +272,14 @@
     const mv = cell.metrics[c.metric];
     if (!mv) return el("td", { class: muted, title: "metric not reported", text: "—" });
     const failedSeeds = cell.runs.filter((x) => x[2] !== "ok");
-    return el("td", { class: [best.has(r.id + "\u0000" + c.key) ? "best" : "", muted || ""].join(" ").trim() || null, title: seeds + (cell.other_configs ? "\n(" + cell.other_configs + " other configuration(s) of this cell not shown)" : "") },
-      el("a", { href, class: "val" }, fmt(mv[0]), mv[1] !== null ? el("span", { class: "pm", text: " ± " + fmt(mv[1], 2) }) : null),
-      el("span", { class: "n", text: "n=" + mv[2] }),
-      failedSeeds.length ? el("span", { class: "badge partial", title: failedSeeds.map((x) => "seed " + x[1] + ": " + x[2]).join("\n"), text: "+" + failedSeeds.length + " " + failedSeeds[0][2] }) : null);
+    const [meanText, stdText] = CAB.fmtMeanStd(mv[0], mv[1]);
+    const weak = c.baseline && (c.hib ? mv[0] <= c.baseline.value : mv[0] >= c.baseline.value);
+    return el("td", { class: [best.has(r.id + "\u0000" + c.key) ? "best" : "", weak ? "weak" : "", muted || ""].join(" ").trim() || null,
+      title: seeds + (weak ? "\nno better than the " + c.baseline.label + " baseline (" + fmt(c.baseline.value) + ")" : "") + (cell.other_configs ? "\n(" + cell.other_configs + " other configuration(s) of this cell not shown)" : "") },
+    el("a", { href, class: "val" }, meanText, stdText !== null ? el("span", { class: "pm", text: " ± " + stdText }) : null),
+    el("span", { class: "n", text: "n=" + mv[2] }), CAB.dirtyMark(cell.dirty, cell.runs.length),
+    weak ? el("span", { class: "badge weak", text: "≤ baseline" }) : null,
+    failedSeeds.length ? el("span", { class: "badge partial", title: failedSeeds.map((x) => "seed " + x[1] + ": " + x[2]).join("\n"), text: "+" + failedSeeds.length + " " + failedSeeds[0][2] }) : null);
   }
 
   function drawBelow() {
@@ -248,19 +300,24 @@
           tb.appendChild(el("tr", {}, el("td", { text: task }), el("td", { text: m }), el("td", { class: "num", text: fmt(c.mean) }),
             el("td", { class: "num", text: fmt(c.std) }), el("td", { text: c.higher_is_better ? "higher" : "lower" }), el("td", { class: "num", text: c.n_attentions || "" })));
         }
-        d.appendChild(el("table", { class: "plain" }, el("thead", {}, el("tr", {}, ["task", "metric", "μ", "σ", "better", "attentions"].map((h) => el("th", { text: h })))), tb));
+        d.appendChild(CAB.scrollBox(el("table", { class: "plain" }, el("thead", {}, el("tr", {}, ["task", "metric", "μ", "σ", "better", "attentions"].map((h) => el("th", { text: h })))), tb)));
       }
       d.appendChild(el("p", {}, "Download: ", el("a", { href: "data/" + norm.file, text: norm.file }), ". Method: ", el("span", { class: "muted", text: norm.method || "" })));
       below.appendChild(d);
     }
     below.appendChild(el("h2", { text: "Statuses" }));
     const st = el("dl", { class: "kv" });
-    for (const [s, text] of [["ok", "finished; the number is the mean over its finished seeds"], ["unsupported", "the attention cannot express this pattern; the hover and the run page give its stated reason"],
-      ["failed", "the run raised an error (message on hover and on the run page)"], ["oom", "out of memory"], ["nan", "the loss or a metric became NaN or infinite"],
+    for (const [s, text] of [["ok", "finished; the number is the mean over its finished seeds"], ["unsupported", "the attention cannot express this pattern; its stated reason is written in the cell and on the run page"],
+      ["failed", "the run raised an error (message in the cell and on the run page)"], ["oom", "out of memory"], ["nan", "the loss or a metric became NaN or infinite"],
       ["timeout", "the run passed its time limit"], ["notrun", "no record for this cell in the results"]]) {
       st.appendChild(el("dt", {}, badge(s))); st.appendChild(el("dd", { text }));
     }
     below.appendChild(st);
+    if (idx.dirty_runs) {
+      below.appendChild(el("p", { class: "muted", id: "dirty-note", text: idx.dirty_runs + " of " + idx.records + " runs in this build came from a working tree with uncommitted changes (env.git_dirty): their commit does not pin the code exactly. Their numbers carry ✱; each run page names the commit." }));
+    }
+    const full = CAB.fullData(idx);
+    if (full) below.appendChild(full);
     if (idx.skipped_count) {
       const box = el("details", { class: "warnbox" }, el("summary", { text: idx.skipped_count + " result file(s) were malformed and skipped" }));
       const ul = el("ul");
@@ -272,14 +329,10 @@
 
   function basename() { return "cab-" + current.scale + "-" + current.hardware + "-" + current.pattern + (state.task ? "-" + state.task : ""); }
   CAB.downloadButtons(dl, () => basename().replace(/[^A-Za-z0-9_.-]+/g, "_"), () => {
-    const cols = [{ key: "attention", label: "attention" }, { key: "variant", label: "variant" }, { key: "scale", label: "scale" }, { key: "hardware", label: "hardware" }, { key: "pattern", label: "pattern" }];
+    const cols = ["attention", "variant", "scale", "hardware", "pattern"].map((key) => ({ key }));
     for (const c of shown.cols.slice(1)) {
-      if (c.agg) cols.push({ key: c.key, label: c.label });
-      else if (c.z) cols.push({ key: c.key, label: c.task + " z" });
-      else {
-        for (const s of ["mean", "std", "n", "status"]) cols.push({ key: c.key + ":" + s, label: c.task + " " + c.metric + " " + s });
-        cols.push({ key: c.key + ":gate", label: c.task + " " + c.metric + " gate" });
-      }
+      if (c.agg || c.z) cols.push({ key: c.key });
+      else for (const s of ["mean", "std", "n", "status", "gate", "dirty", "run_ids"]) cols.push({ key: c.key + ":" + s });
     }
     const rows = shown.rows.map((r) => {
       const o = { attention: r.attention, variant: r.variant, scale: current.scale, hardware: current.hardware, pattern: current.pattern };
@@ -289,6 +342,8 @@
         o[c.key + ":mean"] = mv ? mv[0] : null; o[c.key + ":std"] = mv ? mv[1] : null; o[c.key + ":n"] = mv ? mv[2] : 0;
         o[c.key + ":status"] = cell ? cell.status : "notrun";
         o[c.key + ":gate"] = c.gate ? c.gate.status : "";
+        o[c.key + ":dirty"] = cell ? cell.dirty || 0 : 0;
+        o[c.key + ":run_ids"] = cell ? cell.runs.map((x) => x[0]) : [];
       }
       return o;
     });
@@ -298,10 +353,10 @@
   function update() { render().catch((e) => { wrap.textContent = ""; wrap.appendChild(el("div", { class: "empty", text: "Could not load data: " + e.message })); }); }
   scaleSel.addEventListener("change", () => { state.scale = scaleSel.value; update(); });
   hwSel.addEventListener("change", () => { state.hw = hwSel.value; update(); });
-  taskSel.addEventListener("change", () => { state.task = taskSel.value; state.sort = ""; update(); });
+  taskSel.addEventListener("change", () => { state.task = taskSel.value; update(); });
   viewSel.addEventListener("change", () => { state.view = viewSel.value; drawTable(); CAB.setState(state); });
   search.addEventListener("input", () => { state.q = search.value; drawTable(); CAB.setState(state); });
   // a link or the back button that changes only the #hash: read the state again
-  window.addEventListener("hashchange", () => { for (const k of Object.keys(state)) delete state[k]; Object.assign(state, { view: "raw" }, CAB.getState()); update(); });
+  window.addEventListener("hashchange", () => { for (const k of Object.keys(state)) delete state[k]; Object.assign(state, { view: "raw" }, CAB.getState()); viewKey = null; update(); });
   update();
 })();

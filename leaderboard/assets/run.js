@@ -32,7 +32,8 @@
   }
   const found = runs.filter((r) => !r.missing);
   const first = found[0] || {};
-  main.appendChild(el("h1", { text: found.length ? first.attention + " · " + (first.task || "efficiency") + " · " + first.pattern : "Run not found" }));
+  main.appendChild(el("h1", {}, found.length ? el("a", { href: CAB.mechHref(first.attention), text: first.attention }) : "Run not found",
+    found.length ? " · " + (first.task || "efficiency") + " · " + first.pattern : ""));
   const context = el("div", { class: "context" });
   const scales = [...new Set(found.map((r) => r.scale))].join(", "), hws = [...new Set(found.map((r) => r.hardware))].join(", ");
   CAB.context(context, [["scale", scales || "—"], ["hardware", hws || "—"], ["runs", String(found.length)]], idx);
@@ -48,14 +49,15 @@
         el("td", {}, r.missing ? badge("notrun", "not in this build") : badge(r.status)),
         metricNames.map((m) => el("td", { class: "num", text: r.metrics && typeof r.metrics[m] === "number" ? fmt(r.metrics[m]) : "—" }))));
     }
-    main.appendChild(el("table", { class: "plain", id: "seeds" },
-      el("thead", {}, el("tr", {}, ["run", "attention", "task", "seed", "status", ...metricNames].map((h) => el("th", { text: h })))), tb));
+    main.appendChild(CAB.scrollBox(el("table", { class: "plain", id: "seeds" },
+      el("thead", {}, el("tr", {}, ["run", "attention", "task", "seed", "status", ...metricNames].map((h) => el("th", { text: h })))), tb), "plainwrap"));
     if (metricNames.length) {
       const m = metricNames[0], vals = found.filter((r) => r.status === "ok" && typeof (r.metrics || {})[m] === "number").map((r) => r.metrics[m]);
       if (vals.length) {
         const mean = vals.reduce((a, b) => a + b, 0) / vals.length;
         const sd = vals.length > 1 ? Math.sqrt(vals.reduce((a, b) => a + (b - mean) ** 2, 0) / (vals.length - 1)) : null;
-        main.appendChild(el("p", { class: "muted", text: m + ": mean " + fmt(mean) + (sd !== null ? " ± " + fmt(sd, 2) + " (sample std)" : "") + " over " + vals.length + " finished run(s)" }));
+        const [meanText, sdText] = CAB.fmtMeanStd(mean, sd);
+        main.appendChild(el("p", { class: "muted", text: m + ": mean " + meanText + (sdText !== null ? " ± " + sdText + " (sample std)" : "") + " over " + vals.length + " finished run(s)" }));
       }
     }
   }
@@ -77,14 +79,17 @@
     card.appendChild(kv([
       ["run id", r.run_id], ["record file", r.file], ["kind", r.kind], ["scale", r.scale], ["hardware", r.hardware],
       ["device", env.device], ["threads", env.threads !== undefined ? String(env.threads) : null],
-      ["commit", env.git_commit ? env.git_commit + (env.git_dirty ? " (uncommitted changes)" : "") : "unknown"],
+      ["commit", env.git_commit ? env.git_commit + (env.git_dirty ? " ✱ (uncommitted changes)" : "") : "unknown"],
       ["cab", env.cab_version], ["torch", env.torch], ["python", env.python],
       ["started", r.started_at], ["duration", typeof r.duration_s === "number" ? fmt(r.duration_s) + " s" : null],
       ["early stop", r.early_stopped_at_step ? "step " + r.early_stopped_at_step : null],
       ["reason", r.status === "unsupported" ? (r.reason || "no reason recorded") : null],
     ]));
+    if (env.git_dirty) {
+      card.appendChild(el("div", { class: "warnbox dirty-run", text: "✱ This run came from a working tree with uncommitted changes: commit " + (env.git_commit || "?") + " does not pin the code that produced it." }));
+    }
     card.appendChild(el("h3", { text: "Command" }));
-    card.appendChild(el("pre", { class: "command", text: r.command || "" }));
+    card.appendChild(CAB.commandBlock(r.command || ""));
     if (err) {
       card.appendChild(el("h3", { text: "Error" }));
       if (typeof err === "object") {
@@ -95,10 +100,33 @@
     const metrics = r.metrics || {}, info = r.metric_info || {};
     if (Object.keys(metrics).length) {
       card.appendChild(el("h3", { text: "Metrics" }));
-      card.appendChild(el("table", { class: "plain" }, el("thead", {}, el("tr", {}, ["metric", "value", "better", "description"].map((h) => el("th", { text: h })))),
+      card.appendChild(CAB.scrollBox(el("table", { class: "plain" }, el("thead", {}, el("tr", {}, ["metric", "value", "better", "description"].map((h) => el("th", { text: h })))),
         el("tbody", {}, Object.entries(metrics).map(([k, v]) => el("tr", {}, el("td", { text: k + (k === r.primary_metric ? " (primary)" : "") }),
-          el("td", { class: "num", text: typeof v === "number" ? String(v) : JSON.stringify(v) }),
-          el("td", { text: info[k] ? (info[k].higher_is_better ? "higher" : "lower") : "" }), el("td", { text: info[k] ? String(info[k].description || "") : "" }))))));
+          el("td", { class: "num", title: typeof v === "number" ? String(v) : null, text: typeof v === "number" ? fmt(v, 6) : JSON.stringify(v) }),
+          el("td", { text: info[k] ? (info[k].higher_is_better ? "higher" : "lower") : "" }), el("td", { text: info[k] ? String(info[k].description || "") : "" }))))), "plainwrap"));
+    }
+    const sel = r.lr_selection;
+    if (sel && typeof sel === "object") {  // learning-rate selection on a validation split (cab/run/lr_selection.py)
+      card.appendChild(el("h3", { text: "Learning rate" }));
+      if (Array.isArray(sel.candidates)) {
+        card.appendChild(el("p", { class: "muted", text: "Chosen on this seed's " + (sel.split || "validation") + " " + (sel.metric || "metric") +
+          (sel.chosen !== null && sel.chosen !== undefined ? ": " + sel.chosen : ": no rate finished") + ". The other seeds train at the chosen rate." }));
+        card.appendChild(CAB.scrollBox(el("table", { class: "plain lr-selection" }, el("thead", {}, el("tr", {}, ["rate", "status", "validation", "test", "train s"].map((h) => el("th", { text: h })))),
+          el("tbody", {}, sel.candidates.map((c) => el("tr", { class: c.lr === sel.chosen ? "chosen" : null },
+            el("td", { class: "num", text: String(c.lr) + (c.lr === sel.chosen ? " ✓" : "") }), el("td", {}, badge(c.status)),
+            el("td", { class: "num", text: typeof c.validation === "number" ? fmt(c.validation, 4) : "–" }),
+            el("td", { class: "num", text: typeof c.test === "number" ? fmt(c.test, 4) : "–" }),
+            el("td", { class: "num", text: typeof c.train_s === "number" ? fmt(c.train_s) : "–" }))))), "plainwrap"));
+      } else {
+        card.appendChild(kv([["rate", sel.chosen !== null && sel.chosen !== undefined ? String(sel.chosen) : "none chosen"],
+          ["chosen by", el("a", { href: CAB.runHref([sel.selected_by]), text: "run " + sel.selected_by })]]));
+      }
+    }
+    if (Array.isArray(r.eval_history) && r.eval_history.length && r.primary_metric) {
+      const m = r.primary_metric;
+      card.appendChild(el("h3", { text: "Learning curve (" + (r.eval_history_split || "test") + " " + m + ")" }));
+      card.appendChild(el("p", { class: "curve", text: r.eval_history.map((h) => "step " + h.step + ": " + (typeof h[m] === "number" ? fmt(h[m], 4) : "–")).join(" · ") +
+        (r.restored_step ? " — scored with step " + r.restored_step + "'s weights (best validation)" : "") }));
     }
     if (r.reference_metrics && Object.keys(r.reference_metrics).length) {
       card.appendChild(el("h3", { text: "Reference (baselines)" }));
@@ -121,11 +149,11 @@
       card.appendChild(el("h3", { text: "Efficiency points" }));
       const e = r.efficiency;
       card.appendChild(kv([["direction", e.direction], ["batch", e.batch], ["heads", e.num_heads], ["dim", e.dim], ["dtype", e.dtype], ["device", e.device], ["threads", e.threads]].map(([k, v]) => [k, v === undefined || v === null ? null : String(v)])));
-      card.appendChild(el("table", { class: "plain" }, el("thead", {}, el("tr", {}, ["length", "status", "time median", "IQR", "peak memory", "FLOPs", "error"].map((h) => el("th", { text: h })))),
+      card.appendChild(CAB.scrollBox(el("table", { class: "plain" }, el("thead", {}, el("tr", {}, ["length", "status", "time median", "IQR", "peak memory", "FLOPs", "error"].map((h) => el("th", { text: h })))),
         el("tbody", {}, (e.points || []).map((p) => el("tr", {}, el("td", { class: "num", text: String(p.length) }), el("td", {}, badge(p.status)),
           el("td", { class: "num", text: p.time_median_s !== null && p.time_median_s !== undefined ? fmt(p.time_median_s * 1e3) + " ms" : "—" }),
           el("td", { class: "num", text: p.time_iqr_s !== null && p.time_iqr_s !== undefined ? fmt(p.time_iqr_s * 1e3) + " ms" : "—" }),
-          el("td", { class: "num", text: CAB.fmtBytes(p.peak_memory_bytes) }), el("td", { class: "num", text: CAB.fmtCount(p.flops) }), el("td", { text: p.error || "" }))))));
+          el("td", { class: "num", text: CAB.fmtBytes(p.peak_memory_bytes) }), el("td", { class: "num", text: CAB.fmtCount(p.flops) }), el("td", { text: p.error || "" }))))), "plainwrap"));
     }
     if (r.attention_info && Object.keys(r.attention_info).length) {
       card.appendChild(el("h3", { text: "Attention runtime info" }));
