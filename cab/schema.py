@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic.fields import FieldInfo
 
 from cab.patterns import Pattern
+from cab.distributed.config import Distributed, check_distributed
 from cab.registry import LENGTH_HPARAM, ChoiceError, ParamError, attention_spec, task_spec
 
 
@@ -120,7 +121,9 @@ class Trainer(_Strict):
     name: str
     steps: Count
     batch_size: Count
-    lr: PositiveFloat
+    lr: Union[PositiveFloat, Literal["select"]]  # "select": chosen from lr_grid on a validation split
+    lr_grid: Optional[Annotated[list[PositiveFloat], Field(min_length=1)]] = None
+    lr_select_seed: NonNegativeInt = 0
     weight_decay: NonNegativeFloat = 0.0
     betas: Optional[Annotated[list[Annotated[float, Field(ge=0, lt=1)]], Field(min_length=2, max_length=2)]] = None
     warmup_steps: NonNegativeInt = 0
@@ -130,6 +133,14 @@ class Trainer(_Strict):
     eval_every: Optional[Count] = None
     early_stop_at: Optional[float] = None
     early_stop_metric: Optional[str] = None
+    early_stop_patience: Optional[Count] = None
+    restore_best: bool = False
+
+    @model_validator(mode="after")
+    def _grid_when_selecting(self):
+        if self.lr == "select" and not self.lr_grid:
+            raise ValueError("lr_grid: expected a list of learning rates when lr is 'select'")
+        return self
 
 
 class Logger(_Strict):
@@ -194,8 +205,10 @@ class RunConfig(_Strict):
     threads: Optional[Count] = None
     cpu_allocator: Optional[Literal["held", "default"]] = None
     leaderboard_out: Optional[str] = None
+    save_checkpoint: bool = False  # the trained weights for `cab generate` (cab/run/generate.py)
     imports: list[str] = []
     debug: Debug = Debug()
+    distributed: Distributed = Distributed()  # sequence parallelism (cab/distributed/config.py)
 
     _results_dir = field_validator("results_dir")(_writable("results_dir"))
     _leaderboard_out = field_validator("leaderboard_out")(_writable("leaderboard_out"))
@@ -206,6 +219,15 @@ class RunConfig(_Strict):
 # cab bench
 
 
+class DecodeSettings(_Strict):
+    """`cab bench`'s `decode` node: settings of directions=[decode] (cab/bench/decode.py)."""
+
+    model: Literal["layer", "lm"] = "layer"
+    lm_scale: Optional[Literal["smoke", "cpu", "paper"]] = None
+    tokens: Count = 32
+    warmup: NonNegativeInt = 4
+
+
 class BenchConfig(_Strict):
     """`cab bench`'s config (conf/bench.yaml and conf/bench/*.yaml)."""
 
@@ -213,9 +235,11 @@ class BenchConfig(_Strict):
     attention: dict
     pattern: PatternName
     lengths: Optional[list[Count]] = None
-    directions: Annotated[list[Literal["forward", "forward_backward"]],
-                          Field(min_length=1, description="a non-empty list of valid directions: forward, forward_backward")
+    directions: Annotated[list[Literal["forward", "forward_backward", "decode"]],
+                          Field(min_length=1, description="a non-empty list of valid directions: forward, "
+                                                          "forward_backward, decode")
                           ] = ["forward", "forward_backward"]
+    decode: DecodeSettings = DecodeSettings()
     seed: NonNegativeInt = 0
     results_dir: str
     force: bool = False
@@ -238,6 +262,7 @@ class BenchConfig(_Strict):
     max_seconds_per_point: Optional[PositiveFloat] = None
     point_timeout_s: Optional[PositiveFloat] = None
     memory_limit_gb: Optional[PositiveFloat] = None
+    distributed: Distributed = Distributed()  # sequence parallelism (cab/distributed/config.py)
 
     _results_dir = field_validator("results_dir")(_writable("results_dir"))
     _device = field_validator("device")(_check_device)
@@ -681,12 +706,14 @@ def validate_run(config: dict) -> None:
     _validate(RunConfig, config)
     validate_attention(config["attention"])
     validate_task(config["task"])
+    check_distributed(config, "run")
 
 
 def validate_bench(config: dict) -> None:
     """Check one resolved `cab bench` config; ConfigError (one line) on the first problem."""
     _validate(BenchConfig, config)
     validate_attention(config["attention"])
+    check_distributed(config, "bench")
     bound = config["attention"].get(LENGTH_HPARAM)
     lengths = config.get("lengths")
     if bound is not None and lengths and max(lengths) > bound:

@@ -106,6 +106,16 @@ class Task:
         raise NotImplementedError
 
     # -- optional ---------------------------------------------------------------------------------
+    def has_validation(self) -> bool:
+        """True when `validate` can score a model on held-out *training* data (never the test set):
+        what learning-rate selection and early stopping read."""
+        return False
+
+    @torch.no_grad()
+    def validate(self, model: nn.Module) -> dict[str, float]:
+        """The metrics of `evaluate`, on the validation split carved from the training data."""
+        raise NotImplementedError(f"task {self.task_name!r} has no validation split")
+
     @classmethod
     def reference_gate(cls) -> Gate | None:
         """The task's reference gate: the class's `gate`, else the built-in one for its name (the

@@ -479,7 +479,8 @@ class GCOGTask(Task):
                  test_distractors: list[int] = (10, 20, 30, 40), train_depths: list[int] = (1, 3),
                  test_depths: list[int] = (5, 7), feature_colours: int = 10, feature_shapes: int = 10,
                  d_model: int = 256, num_heads: int = 1, num_layers: int = 1, cross_layers: int = 1,
-                 mlp_ratio: int = 4, dropout: float = 0.0, eval_batch_size: int = 500, **extra: Any):
+                 mlp_ratio: int = 4, dropout: float = 0.0, validation_examples: int = 0, eval_batch_size: int = 500,
+                 **extra: Any):
         super().__init__(pattern, seed)
         if extra:
             raise ValueError(f"gcog: unknown parameters {sorted(extra)}")
@@ -498,6 +499,14 @@ class GCOGTask(Task):
         self.pad_nodes = max(max_nodes(d) for s in [train_spec, *test_specs.values()] for d in s.depths)
         make = lambda spec, n, s: generate(spec, n, s, feature_colours, feature_shapes, self.pad_nodes)  # noqa: E731
         self.train_data = make(train_spec, train_examples, seed)
+        # Validation: the last `validation_examples` training examples, held out of training (in
+        # distribution: what learning-rate selection reads; the OOD test sets stay unseen).
+        if validation_examples >= train_examples:
+            raise ValueError(f"gcog: validation_examples ({validation_examples}) must be fewer than "
+                             f"train_examples ({train_examples})")
+        cut = train_examples - validation_examples
+        self.validation_data = self.train_data.subset(torch.arange(cut, train_examples))
+        self.train_data = self.train_data.subset(torch.arange(cut))
         self.test_sets = {name: make(spec, test_examples, TEST_SEED_OFFSET + 1000 * seed + i)
                           for i, (name, spec) in enumerate(test_specs.items())}
         self.iid_data = make(train_spec, test_examples, TEST_SEED_OFFSET + 1000 * seed + 999)
@@ -573,6 +582,17 @@ class GCOGTask(Task):
         pred, _ = self._predict(model, self.iid_data)
         metrics["accuracy/iid"] = (pred == self.iid_data.labels).float().mean().item()
         return metrics
+
+    def has_validation(self) -> bool:
+        return len(self.validation_data) > 0
+
+    @torch.no_grad()
+    def validate(self, model) -> dict[str, float]:
+        """In-distribution accuracy and loss on the held-out training examples."""
+        if not self.has_validation():
+            return super().validate(model)
+        pred, loss = self._predict(model, self.validation_data)
+        return {"accuracy": (pred == self.validation_data.labels).float().mean().item(), "loss": loss.mean().item()}
 
     def reference_metrics(self) -> dict[str, float]:
         """Chance levels on the OOD test sets: per answer type (a uniform guess within the type), the

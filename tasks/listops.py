@@ -210,7 +210,8 @@ class ListOpsTask(Task):
     def __init__(self, pattern: Pattern, seed: int, train_examples: int = 96_000, test_examples: int = 2_000,
                  min_length: int = 500, max_length: int = 2000, max_depth: int = 10, max_args: int = 10,
                  d_model: int = 512, num_heads: int = 8, num_layers: int = 4, mlp_ratio: int = 2,
-                 dropout: float = 0.1, pooling: str = "cls", eval_batch_size: int = 64, **extra: Any):
+                 dropout: float = 0.1, pooling: str = "cls", validation_examples: int = 0, eval_batch_size: int = 64,
+                 **extra: Any):
         super().__init__(pattern, seed, seq_len=max_length)
         if extra:
             raise ValueError(f"listops: unknown parameters {sorted(extra)}")
@@ -226,6 +227,15 @@ class ListOpsTask(Task):
         self.test_ids, self.test_lengths = to_tensor(test_seqs, cls_token)
         self.train_labels = torch.tensor(train_labels)
         self.test_labels = torch.tensor(test_labels)
+        # Validation: the last `validation_examples` training expressions, held out of training.
+        if validation_examples >= len(train_seqs):
+            raise ValueError(f"listops: validation_examples ({validation_examples}) must be fewer than the "
+                             f"{len(train_seqs)} training expressions")
+        cut = len(train_seqs) - validation_examples
+        self.val_ids, self.val_lengths, self.val_labels = (
+            self.train_ids[cut:], self.train_lengths[cut:], self.train_labels[cut:])
+        self.train_ids, self.train_lengths, self.train_labels = (
+            self.train_ids[:cut], self.train_lengths[:cut], self.train_labels[:cut])
         self.max_len = max(self.train_ids.shape[1], self.test_ids.shape[1])
 
     def build_model(self, attention) -> nn.Module:
@@ -257,13 +267,25 @@ class ListOpsTask(Task):
 
     @torch.no_grad()
     def evaluate(self, model) -> dict[str, float]:
+        return self._score(model, self.test_ids, self.test_lengths, self.test_labels)
+
+    def has_validation(self) -> bool:
+        return len(self.val_labels) > 0
+
+    @torch.no_grad()
+    def validate(self, model) -> dict[str, float]:
+        if not self.has_validation():
+            return super().validate(model)
+        return self._score(model, self.val_ids, self.val_lengths, self.val_labels)
+
+    def _score(self, model, all_ids: torch.Tensor, lengths: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
         device = next(model.parameters()).device
-        order = torch.argsort(self.test_lengths)  # similar lengths together: less padding
+        order = torch.argsort(lengths)  # similar lengths together: less padding
         correct, loss_sum = 0, 0.0
         for start in range(0, len(order), self.eval_batch_size):
             idx = order[start : start + self.eval_batch_size]
-            ids = self._trim(self.test_ids[idx], self.test_lengths[idx]).to(device)
-            y = self.test_labels[idx].to(device)
+            ids = self._trim(all_ids[idx], lengths[idx]).to(device)
+            y = labels[idx].to(device)
             logits = model(ids)
             loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
             correct += int((logits.argmax(-1) == y).sum())

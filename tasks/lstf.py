@@ -248,9 +248,18 @@ class ForecastTask(Task):
 
     @torch.no_grad()
     def evaluate(self, model) -> dict[str, float]:
+        return self._score(model, self.starts["test"])
+
+    def has_validation(self) -> bool:
+        return True  # Informer's 4 validation months, between train and test
+
+    @torch.no_grad()
+    def validate(self, model) -> dict[str, float]:
+        return self._score(model, self.starts["val"])
+
+    def _score(self, model, starts: torch.Tensor) -> dict[str, float]:
         device = next(model.parameters()).device
         sq, ab, count = 0.0, 0.0, 0
-        starts = self.starts["test"]
         for i in range(0, len(starts), self.eval_batch_size):
             *inputs, y = (t.to(device) for t in self.windows(starts[i : i + self.eval_batch_size]))
             err = (model(*inputs) - y).double()

@@ -93,11 +93,12 @@ class Segment:
 
 class MQARModel(nn.Module):
     def __init__(self, attention, pattern: Pattern, vocab_size: int, d_model: int, num_heads: int, num_layers: int,
-                 max_len: int, mlp_ratio: int = 0, embed_dropout: float = 0.1):
+                 max_len: int, mlp_ratio: int = 0, embed_dropout: float = 0.1, short_conv: int = 0):
         super().__init__()
         self.embed = TokenEmbedding(vocab_size, d_model, max_len, embed_dropout)
         self.blocks = nn.ModuleList(
-            [Block(d_model, attention(pattern, d_model, num_heads), mlp_ratio) for _ in range(num_layers)]
+            [Block(d_model, attention(pattern, d_model, num_heads), mlp_ratio, short_conv=short_conv)
+             for _ in range(num_layers)]
         )
         self.norm = nn.LayerNorm(d_model)
         self.head = nn.Linear(d_model, vocab_size, bias=False)
@@ -155,13 +156,14 @@ class MQARTask(Task):
                  train_segments: list[dict] | None = None, test_segments: list[dict] | None = None,
                  d_model: int = 64, num_heads: int = 1, num_layers: int = 2, mlp_ratio: int = 0,
                  embed_dropout: float = 0.1, power_a: float = 0.01, random_non_queries: bool = False,
-                 eval_batch_size: int = 256, **extra: Any):
+                 short_conv: int = 0, validation_examples: int = 0, eval_batch_size: int = 256, **extra: Any):
         super().__init__(pattern, seed, seq_len=seq_len)
         if extra:
             raise ValueError(f"{self.task_name}: unknown parameters {sorted(extra)}")
         self.vocab_size, self.power_a, self.random_non_queries = vocab_size, power_a, random_non_queries
         self.d_model, self.num_heads, self.num_layers, self.mlp_ratio = d_model, num_heads, num_layers, mlp_ratio
         self.embed_dropout, self.eval_batch_size = embed_dropout, eval_batch_size
+        self.short_conv = short_conv  # kernel of a depthwise convolution before each mixer (0: none)
         self.train_segments = [Segment(**s) for s in train_segments] if train_segments else [
             Segment(seq_len, num_kv_pairs, train_examples)]
         self.test_segments = [Segment(**s) for s in test_segments] if test_segments else [
@@ -169,6 +171,16 @@ class MQARTask(Task):
         self.max_len = max(s.seq_len for s in self.train_segments + self.test_segments)
         self.train_data = [self._generate(s, seed * 1000 + i) for i, s in enumerate(self.train_segments)]
         self.test_data = [self._generate(s, TEST_SEED_OFFSET + seed * 1000 + i) for i, s in enumerate(self.test_segments)]
+        # Validation: the last `validation_examples` of each training segment, held out of training.
+        self.validation_data: list[tuple[torch.Tensor, ...]] = []
+        if validation_examples:
+            for i, (segment, tensors) in enumerate(zip(self.train_segments, self.train_data)):
+                if validation_examples >= segment.num_examples:
+                    raise ValueError(f"{self.task_name}: validation_examples ({validation_examples}) must be fewer "
+                                     f"than the training segment's {segment.num_examples} examples")
+                cut = segment.num_examples - validation_examples
+                self.train_data[i] = tuple(t[:cut] for t in tensors)
+                self.validation_data.append(tuple(t[cut:] for t in tensors))
 
     def _generate(self, segment: Segment, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         return multiquery_ar(segment.num_examples, segment.seq_len, segment.num_kv_pairs, self.vocab_size,
@@ -176,7 +188,7 @@ class MQARTask(Task):
 
     def build_model(self, attention) -> nn.Module:
         return MQARModel(attention, self.pattern, self.vocab_size, self.d_model, self.num_heads, self.num_layers,
-                         self.max_len, self.mlp_ratio, self.embed_dropout)
+                         self.max_len, self.mlp_ratio, self.embed_dropout, self.short_conv)
 
     # Every example is a tuple of tensors ending in its labels, (inputs, labels) here; subclasses
     # (mqar_cross: (source, target, labels)) reuse batching, loss and the metric unchanged.
@@ -207,10 +219,22 @@ class MQARTask(Task):
     def evaluate(self, model) -> dict[str, float]:
         """Zoology's metric: per example, the fraction of its queries answered right; averaged over
         examples, each test segment weighted equally. Safe to call mid-training (no state kept)."""
+        return self._score(model, self.test_segments, self.test_data)
+
+    def has_validation(self) -> bool:
+        return bool(self.validation_data)
+
+    @torch.no_grad()
+    def validate(self, model) -> dict[str, float]:
+        if not self.validation_data:
+            return super().validate(model)
+        return self._score(model, self.train_segments, self.validation_data)
+
+    def _score(self, model, segments: list[Segment], data: list[tuple[torch.Tensor, ...]]) -> dict[str, float]:
         device = next(model.parameters()).device
         metrics: dict[str, float] = {}
         accs, losses = [], []
-        for segment, tensors in zip(self.test_segments, self.test_data):
+        for segment, tensors in zip(segments, data):
             correct_per_example, loss_sum, count = [], 0.0, 0
             for start in range(0, tensors[0].shape[0], self.eval_batch_size):
                 batch = [t[start : start + self.eval_batch_size].to(device) for t in tensors]
@@ -225,7 +249,7 @@ class MQARTask(Task):
             acc = torch.cat(correct_per_example).mean().item()
             accs.append(acc)
             losses.append(loss_sum / count)
-            if len(self.test_segments) > 1:
+            if len(segments) > 1:
                 metrics[f"accuracy/{segment.slice_name}"] = acc
         metrics["accuracy"] = sum(accs) / len(accs)
         metrics["loss"] = sum(losses) / len(losses)

@@ -17,7 +17,7 @@ Model (pre-norm, Zoology-sized, no MLP by default):
              attention (softmax: the task exercises only the cross patterns);
     decoder: target embedding (+ learned positions), `decoder_layers` CrossBlocks: self attention
              over the target, then cross attention into the encoded source (the pattern under test);
-    head:    final LayerNorm and an LM head tied to the target embedding.
+    head:    final LayerNorm and an LM head; source, target and head share one token table.
 For `causal_cross` the decoder's self attention is `causal_self` (softmax), so output i depends on
 target positions <= i only: the queries are read in order, as a streaming decoder reads them.
 For `noncausal_cross` it is `noncausal_self` (softmax).
@@ -45,12 +45,12 @@ def split_source_target(inputs: torch.Tensor, labels: torch.Tensor, num_kv_pairs
 class MQARCrossModel(nn.Module):
     def __init__(self, attention, pattern: Pattern, vocab_size: int, d_model: int, num_heads: int,
                  encoder_layers: int, decoder_layers: int, max_source_len: int, max_target_len: int,
-                 mlp_ratio: int = 0, embed_dropout: float = 0.1):
+                 mlp_ratio: int = 0, embed_dropout: float = 0.1, short_conv: int = 0):
         super().__init__()
         self_role = Pattern.CAUSAL_SELF if pattern is Pattern.CAUSAL_CROSS else Pattern.NONCAUSAL_SELF
         self.source_embed = TokenEmbedding(vocab_size, d_model, max_source_len, embed_dropout)
-        self.encoder = nn.ModuleList([Block(d_model, attention(Pattern.NONCAUSAL_SELF, d_model, num_heads), mlp_ratio)
-                                      for _ in range(encoder_layers)])
+        self.encoder = nn.ModuleList([Block(d_model, attention(Pattern.NONCAUSAL_SELF, d_model, num_heads), mlp_ratio,
+                                            short_conv=short_conv) for _ in range(encoder_layers)])
         self.encoder_norm = nn.LayerNorm(d_model)
         self.target_embed = TokenEmbedding(vocab_size, d_model, max_target_len, embed_dropout)
         self.decoder = nn.ModuleList([
@@ -59,7 +59,11 @@ class MQARCrossModel(nn.Module):
         self.norm = nn.LayerNorm(d_model)
         self.head = nn.Linear(d_model, vocab_size, bias=False)
         init_weights(self)
-        self.head.weight = self.target_embed.tokens.weight  # tied, as in Zoology's LM head
+        # One vocabulary, one table (as MQAR's single sequence has, and T5 shares between encoder and
+        # decoder): a key reads the same in the source and the target, so recall needs no learnt
+        # alignment of two tables. The LM head is tied to it, as in Zoology.
+        self.target_embed.tokens.weight = self.source_embed.tokens.weight
+        self.head.weight = self.source_embed.tokens.weight
 
     def forward(self, source: torch.Tensor, target: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         memory = self.source_embed(source)  # (B, Lk, d)
@@ -97,7 +101,7 @@ class MQARCrossTask(MQARTask):
     def build_model(self, attention) -> nn.Module:
         return MQARCrossModel(attention, self.pattern, self.vocab_size, self.d_model, self.num_heads,
                               self.encoder_layers, self.decoder_layers, self.max_source_len, self.max_target_len,
-                              self.mlp_ratio, self.embed_dropout)
+                              self.mlp_ratio, self.embed_dropout, self.short_conv)
 
     def attention_lengths(self):
         return {self.pattern: (self.max_target_len, self.max_source_len)}

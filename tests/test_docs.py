@@ -41,5 +41,6 @@ def test_adding_an_attention_example_works():
             if pattern is Pattern.CAUSAL_CROSS:
                 contract.test_causal_cross_query_truncation(EXAMPLE, pattern)
             flops.test_flops_match_torch_flop_counter(EXAMPLE, pattern)  # the FLOPs the page states
+        _test_module("test_decode.py").check_equivalence(EXAMPLE)  # its decode form: prefill + steps = forward
     finally:
         registry._ATTENTIONS.entries.pop(EXAMPLE, None)

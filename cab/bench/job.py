@@ -5,7 +5,8 @@
     cab bench -m experiment=efficiency results_dir=DIR        # every attention × both self patterns
     cab bench table --results DIR --out FILE.md                # exponents and efficiency lengths
 
-A job is one attention × pattern. For each direction (forward; forward+backward) it sweeps the
+A job is one attention × pattern. For each direction (forward; forward+backward; decode, generation
+token by token against context length: cab/bench/decode.py, asked for with directions=[decode]) it sweeps the
 lengths (powers of two from `min_length` to `max_length` unless `lengths` is given), measuring
 time, peak memory and FLOPs at each (cab/bench/measure.py says how), holding a machine-wide file lock
 for the job (`lock_scope=point`: for each point) so no two benchmarks time at once, and stops the sweep at the first point that runs out of memory or time;
@@ -19,18 +20,24 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import math
+import os
 import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
 
+from cab.bench.decode import DECODE_FIELDS, finish_record
+from cab.bench.distributed import POINT_EXTRA, efficiency_fields
+from cab.distributed.config import strategy_of
+from cab.distributed.group import writes_results
 from cab.patterns import Pattern
 from cab.registry import ChoiceError, attention_spec, import_modules
 from cab.results.environment import command_line, environment, hardware_label, job_command, now_iso
 from cab.results.records import SCHEMA, read_record, run_id_of, write_record
 from cab.results.status import classify, error_info
 
-DIRECTIONS = ("forward", "forward_backward")
+DIRECTIONS = ("forward", "forward_backward", "decode")  # decode: cab/bench/decode.py (not run unless asked)
+DEFAULT_DIRECTIONS = ("forward", "forward_backward")
 POINT_FIELDS = ("length", "status", "time_median_s", "time_iqr_s", "peak_memory_bytes", "flops", "error", "repeats")
 STOPPING = ("oom", "timeout")  # a point with this status ends the method's sweep
 EXPONENT_POINTS = 3  # exponents: slope over the last 3 ok points
@@ -74,8 +81,9 @@ def resolve_device(config: dict[str, Any]) -> str:
 @contextlib.contextmanager
 def bench_lock(path: str | None):
     """Hold an exclusive `flock` on `path` (shared with benchmarks/attention_speed.py), so no two
-    benchmarks on the machine time at once. None: no lock."""
-    if not path:
+    benchmarks on the machine time at once. None: no lock. Under a launcher (torchrun) only local rank 0
+    takes it: the others follow it through their collectives."""
+    if not path or os.environ.get("LOCAL_RANK", "0") != "0":
         yield
         return
     lock = Path(path)
@@ -90,6 +98,14 @@ def bench_lock(path: str | None):
 
 def measure(config: dict[str, Any], attention: str, hparams: dict, pattern: str, length: int, direction: str) -> dict:
     """One point, as configured: in a fresh process on CPU (memory), in this one on CUDA."""
+    if direction == "decode":  # time per generated token and the decode state's memory (cab/bench/decode.py)
+        from cab.bench.decode import measure as measure_decode
+
+        return measure_decode(config, attention, hparams, pattern, length)
+    if strategy_of(config):  # sequence parallel: a group of processes per point (cab/bench/distributed.py)
+        from cab.bench.distributed import measure as measure_distributed
+
+        return measure_distributed(config, attention, hparams, pattern, length, direction)
     from cab.bench.measure import measure_point, measure_point_isolated
 
     device = resolve_device(config)
@@ -136,7 +152,7 @@ def run_bench(
     """Run one bench job (attention × pattern) from a resolved config; write and return one record
     per direction. Never raises for a problem of the measurement itself."""
     import_modules(config.get("imports") or [])
-    directions = list(config.get("directions") or DIRECTIONS)
+    directions = list(config.get("directions") or DEFAULT_DIRECTIONS)
     bad = [d for d in directions if d not in DIRECTIONS]
     if bad:
         raise ChoiceError(f"unknown direction {bad[0]!r}; valid directions: {', '.join(DIRECTIONS)}")
@@ -153,13 +169,21 @@ def run_bench(
     except ChoiceError:
         job_lock = point_lock = None  # the record will say what is wrong
     with bench_lock(job_lock):
-        return [_run_direction(config, attention, hparams, pattern, d, measure_fn, command, log, point_lock)
-                for d in directions]
+        try:
+            return [_run_direction(config, attention, hparams, pattern, d, measure_fn, command, log, point_lock)
+                    for d in directions]
+        finally:
+            if "decode" in directions:
+                from cab.bench.decode import close_workers
+
+                close_workers()
 
 
 def _run_direction(config, attention, hparams, pattern, direction, measure_fn, command, log, point_lock) -> dict[str, Any]:
     started = time.time()
     job_config = {**config, "directions": [direction]}
+    if direction != "decode":  # the decode settings change no forward record (nor its run_id)
+        job_config.pop("decode", None)
     run_id = run_id_of(job_config)
     results_dir = Path(config["results_dir"])
     target = results_dir / f"{run_id}.json"
@@ -189,6 +213,7 @@ def _run_direction(config, attention, hparams, pattern, direction, measure_fn, c
         "mode": "eval, torch.no_grad()" if direction == "forward" else "train, input and parameter gradients",
         "memory_method": None,
         "time_method": None,
+        **efficiency_fields(config),  # distributed: world_size, strategy and how it ran (cab/bench/distributed.py)
     }
     record: dict[str, Any] = {
         "schema": SCHEMA,
@@ -219,14 +244,21 @@ def _run_direction(config, attention, hparams, pattern, direction, measure_fn, c
         if device.startswith("cuda"):
             record["hardware"] = record["env"].get("device") or record["hardware"]
         spec = attention_spec(attention)
-        if pattern not in spec.patterns:
+        if direction == "decode":
+            from cab.bench.decode import unsupported_reason
+
+            reason = unsupported_reason(spec, pattern)
+        else:
+            reason = spec.unsupported[pattern] if pattern not in spec.patterns else None
+        if reason is not None:
             record["status"] = "unsupported"
-            record["reason"] = spec.unsupported[pattern]
+            record["reason"] = reason
         else:
             for length in efficiency["lengths_requested"]:
                 with bench_lock(point_lock):
                     raw = measure_fn(config, attention, hparams, pattern.value, length, direction)
-                point = {k: raw.get(k) for k in POINT_FIELDS}
+                point = {k: raw.get(k) for k in POINT_FIELDS + (DECODE_FIELDS if direction == "decode" else ())}
+                point.update({k: raw[k] for k in (POINT_EXTRA if strategy_of(config) else ()) if k in raw})
                 efficiency["points"].append(point)
                 efficiency["memory_method"] = efficiency["memory_method"] or raw.get("memory_method")
                 efficiency["time_method"] = efficiency["time_method"] or raw.get("time_method")
@@ -252,13 +284,16 @@ def _run_direction(config, attention, hparams, pattern, direction, measure_fn, c
                 "peak_memory_bytes": max(mems) if mems else None,
                 "wall_s": None,
             }
+        if direction == "decode":  # its model, mode and methods (cab/bench/decode.py)
+            finish_record(record, config)
     except Exception as exc:  # noqa: BLE001 - every failure becomes a record; the sweep goes on
         record["status"] = classify(exc)  # as `cab run` classifies: an out-of-memory job is oom here too
         record["error"] = error_info(exc)
     record["duration_s"] = round(time.time() - started, 3)
     if record["cost"]:
         record["cost"]["wall_s"] = record["duration_s"]
-    write_record(record, results_dir)
+    if writes_results():  # under a launcher, rank 0 writes
+        write_record(record, results_dir)
     return record
 
 

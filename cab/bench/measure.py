@@ -230,6 +230,30 @@ def cuda_peak_memory(call: Callable[[], object], device: str) -> tuple[int, str]
 # ---------------------------------------------------------------------------------------------
 # one point
 
+def step_call(run: Callable, layer, x, context, backward: bool) -> Callable[[], None]:
+    """One timed call: `run(x, context=context)` without autograd (forward), or its forward and
+    backward with every gradient of the inputs and of `layer`'s parameters cleared first."""
+    import torch
+
+    if backward:
+        x.requires_grad_(True)
+        if context is not None:
+            context.requires_grad_(True)
+    params = list(layer.parameters())
+
+    def call():
+        if backward:
+            for t in [x, context, *params]:
+                if t is not None:
+                    t.grad = None
+            run(x, context=context).sum().backward()
+        else:
+            with torch.no_grad():
+                run(x, context=context)
+
+    return call
+
+
 def measure_point(
     attention: str,
     pattern: Pattern | str,
@@ -266,21 +290,7 @@ def measure_point(
         layer.train(backward)
         point.flops = int(layer.flops(batch, length, length))
         x, context = make_inputs(pattern, batch, length, dim, device, getattr(torch, dtype), seed)
-        if backward:
-            x.requires_grad_(True)
-            if context is not None:
-                context.requires_grad_(True)
-        params = list(layer.parameters())
-
-        def call():
-            if backward:
-                for t in [x, context, *params]:
-                    if t is not None:
-                        t.grad = None
-                layer(x, context=context).sum().backward()
-            else:
-                with torch.no_grad():
-                    layer(x, context=context)
+        call = step_call(layer, layer, x, context, backward)
 
         if device.startswith("cuda"):
             call()  # one call first: library handles and workspaces are not the method's memory

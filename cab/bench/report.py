@@ -28,6 +28,8 @@ def load_efficiency(results_dir: str | Path, direction: str = "forward") -> dict
             continue
         if (record.get("efficiency") or {}).get("direction") != direction:
             continue
+        if (record.get("efficiency") or {}).get("strategy"):  # sequence parallel: benchmarks/distributed_cpu.py
+            continue
         key = (record["attention"], record["pattern"])
         if key not in found or record.get("started_at", "") > found[key].get("started_at", ""):
             found[key] = record

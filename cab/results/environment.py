@@ -91,9 +91,11 @@ def command_line() -> str:
     return " ".join([prog, *map(shlex.quote, argv[1:])])
 
 
-def job_command(program: str) -> str | None:
+def job_command(program: str, seed: int | None = None) -> str | None:
     """`<program> <this Hydra job's overrides>`: the line that reproduces this one job, also when it
-    came from a multirun (where argv is the whole sweep). None outside a Hydra job."""
+    came from a multirun (where argv is the whole sweep). None outside a Hydra job. With `seed`, the
+    line of the same job at that seed (a job that runs another seed's cell on its behalf, as
+    learning-rate selection does)."""
     import shlex
 
     try:
@@ -102,4 +104,6 @@ def job_command(program: str) -> str | None:
         overrides = list(HydraConfig.get().overrides.task)
     except Exception:  # noqa: BLE001 - not inside a Hydra job
         return None
+    if seed is not None:
+        overrides = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") != "seed"] + [f"seed={seed}"]
     return " ".join([program, *map(shlex.quote, overrides)])

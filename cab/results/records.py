@@ -26,7 +26,8 @@ REQUIRED = (
     "cost", "config", "env", "command", "started_at", "duration_s", "error",
 )
 # config keys that do not change what a run computes
-NON_SEMANTIC_KEYS = ("results_dir", "force", "retry_failed", "logger", "threads", "leaderboard_out", "cpu_allocator")
+NON_SEMANTIC_KEYS = ("results_dir", "force", "retry_failed", "logger", "threads", "leaderboard_out", "cpu_allocator",
+                     "save_checkpoint")
 
 
 # nested keys that only say where inputs live
@@ -36,6 +37,8 @@ NON_SEMANTIC_PATHS = (("task", "data_dir"),)
 def semantic_config(config: dict[str, Any], drop: tuple[str, ...] = ()) -> dict[str, Any]:
     """The config less the keys that do not change what a run computes (and `drop`)."""
     semantic = {k: v for k, v in config.items() if k not in NON_SEMANTIC_KEYS and k not in drop}
+    if isinstance(semantic.get("distributed"), dict) and not semantic["distributed"].get("strategy"):
+        del semantic["distributed"]  # one process, the default: the same run as before the key existed
     for outer, inner in NON_SEMANTIC_PATHS:
         if isinstance(semantic.get(outer), dict) and inner in semantic[outer]:
             semantic[outer] = {k: v for k, v in semantic[outer].items() if k != inner}

@@ -9,6 +9,28 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 
+RANKED_UP_TO = 6  # a cell with at most this many attentions is listed whole, with each gap to the reference
+
+
+def ranking_lines(best: dict) -> list[str]:
+    """For small sweeps (the quickstart): every attention of a learnt cell, best first, and how far
+    each is from the reference, e.g. `mqar · causal_self: softmax 0.993 | linear 0.412 (-0.581)`."""
+    lines = []
+    for (task, pattern), b in sorted(best.items()):
+        verdict = b.get("gate") or {}
+        ranking = b.get("ranking") or []
+        if verdict.get("status") != "learnt" or not 1 < len(ranking) <= RANKED_UP_TO:
+            continue
+        name = (verdict.get("gate") or {}).get("reference", "softmax")
+        reference = next((r["mean"] for r in ranking if r["attention"] == name), None)
+        parts = []
+        for r in ranking:
+            gap = "" if reference is None or r["attention"] == name else f" ({r['mean'] - reference:+.3f})"
+            parts.append(f"{r['attention']} {r['mean']:.3f}{gap}")
+        lines.append(f"{task} · {pattern} ({b['metric']}, gap to {name}): " + " | ".join(parts))
+    return lines
+
+
 class SweepSummary(Callback):
     """After a multirun: reconcile crashed jobs into records, then print a rich summary table."""
 
@@ -46,6 +68,8 @@ class SweepSummary(Callback):
             console.print(table)
             for note in notes:
                 console.print(note, markup=False, highlight=False)
+            for line in ranking_lines(best):
+                console.print(line, markup=False, highlight=False)
         out = config.get("leaderboard_out")
         if out and results_dir:  # grids such as `quickstart` end in a built site
             from cab.leaderboard.site import build

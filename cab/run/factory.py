@@ -25,8 +25,12 @@ class AttentionFactory:
     BASELINE = "softmax"
 
     def __init__(self, name: str, pattern: Pattern, hparams: dict[str, Any] | None = None,
-                 lengths: dict[Pattern, tuple[int, int]] | None = None):
+                 lengths: dict[Pattern, tuple[int, int]] | None = None, distributed: dict[str, Any] | None = None,
+                 device: str = "cpu"):
         self.name = name
+        # sequence parallelism of the layers under test (the config's `distributed`; cab/distributed/group.py)
+        self.distributed = dict(distributed) if distributed and distributed.get("strategy") else None
+        self.device = device
         self.pattern = Pattern.parse(pattern)
         self.hparams = dict(hparams or {})
         self.lengths = dict(lengths or {})
@@ -42,8 +46,18 @@ class AttentionFactory:
         role = Pattern.parse(role)
         if role is self.pattern:
             layer = build_attention(self.name, dim=dim, num_heads=num_heads, pattern=role, **self.hparams_for(role))
+            if self.distributed:
+                from cab.distributed.group import training_layer
+
+                layer = training_layer(layer, self.distributed, self.device)
             self.layers_under_test.append(layer)
         else:
             layer = build_attention(self.BASELINE, dim=dim, num_heads=num_heads, pattern=role)
         self.all_layers.append(layer)
         return layer
+
+    def sync_gradients(self) -> None:
+        """After backward: sum the distributed layers' parameter gradients over the ranks (each covers its
+        own slice of the sequence). Nothing to do in one process."""
+        for layer in self.layers_under_test if self.distributed else ():
+            layer.sync_gradients()

@@ -15,12 +15,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from cab.distributed.group import writes_results
 from cab.patterns import Pattern
 from cab.registry import ChoiceError, attention_spec, import_modules, task_spec
 from cab.results.environment import command_line, environment, hardware_label, job_command, now_iso
 from cab.results.markers import reconcile_crashed, remove_marker, write_marker
 from cab.results.records import SCHEMA, read_record, run_id_of, write_record
 from cab.results.status import JobTimeout, classify, error_info
+from cab.run.lr_selection import cell_lock, chosen_lr, ensure_selection, select, selecting_config, selects_lr, with_lr
 from cab.run.training import allocator_policy, train_and_evaluate
 
 RETRYABLE = ("failed", "oom", "nan", "timeout")  # statuses that `retry_failed=true` runs again
@@ -57,38 +59,83 @@ def time_limit(seconds: float | None):
 
 
 def run_job(config: dict[str, Any]) -> dict[str, Any]:
-    """Run one cell from a resolved config (a plain dict) and return its record (also written)."""
+    """Run one cell from a resolved config (a plain dict) and return its record (also written).
+
+    With `trainer.lr: select` the rate is chosen per cell on a validation split first
+    (`cab.run.lr_selection`): the selecting seed's job trains every rate of the grid, the other
+    seeds train at the chosen one (making the selection themselves if it is missing)."""
+    if not selects_lr(config) or not _supported(config):
+        return _run_once(config)  # an unsupported cell trains nothing: its record says why, at any rate
+    results_dir = Path(config["results_dir"])
+    selecting = selecting_config(config)
+    if int(config["seed"]) == int(selecting["seed"]):
+        with cell_lock(results_dir, run_id_of(selecting)):
+            return _run_once(config, selection=True)
+    chosen_by = ensure_selection(config, results_dir, lambda c: _run_once(c, selection=True))
+    return _run_once(config, selected_by=chosen_by)
+
+
+def _supported(config: dict[str, Any]) -> bool:
+    import_modules(config.get("imports") or [])
+    return Pattern.parse(config["pattern"]) in attention_spec(config["attention"]["name"]).patterns
+
+
+def _run_once(config: dict[str, Any], selection: bool = False, selected_by: dict[str, Any] | None = None
+              ) -> dict[str, Any]:
+    """One job's record lifecycle: skip if recorded, marker, train (one rate, the grid of rates, or
+    the rate `selected_by` chose), record whatever happens."""
     started = time.time()
     results_dir = Path(config["results_dir"])
     run_id = run_id_of(config)
     target = results_dir / f"{run_id}.json"
-    reconcile_crashed(results_dir)  # records for earlier jobs here whose process died
+    writes = writes_results()  # under a launcher (torchrun: a sequence-parallel cell), rank 0 keeps the records
+    if writes:
+        reconcile_crashed(results_dir)  # records for earlier jobs here whose process died
     if target.exists() and not config.get("force", False):
         record = read_record(target)
         if not (config.get("retry_failed") and record.get("status") in RETRYABLE):
             record["_skipped"] = True
             return record
 
-    import torch
+    record = _new_record(config, run_id)
+    if writes:
+        write_marker(record, results_dir, config["trainer"].get("max_seconds"))
+    if selection:
+        record = select(config, lambda trained: _train(_new_record(trained, run_id_of(trained)), trained))
+        record.update(run_id=run_id, config=config,
+                      command=job_command("cab run", seed=int(config["seed"])) or command_line())
+    elif selected_by is not None:
+        lr = chosen_lr(selected_by)
+        if lr is None:
+            record["status"] = "failed"
+            record["error"] = {"type": "NoLearningRate", "message": f"the learning-rate selection of this cell "
+                               f"(run {selected_by['run_id']}, status {selected_by.get('status')}) chose no rate"}
+        else:
+            record = _train(_new_record(with_lr(config, lr), run_id), with_lr(config, lr))
+            record["config"] = config
+        record["lr_selection"] = {"chosen": lr, "selected_by": selected_by["run_id"]}
+    else:
+        record = _train(record, config)
+    record["duration_s"] = round(time.time() - started, 3)
+    if writes:
+        write_record(record, results_dir)
+        remove_marker(results_dir, run_id)
+    return record
 
-    import_modules(config.get("imports") or [])
-    attention_cfg = dict(config["attention"])
-    attention = attention_cfg.pop("name")
-    task_cfg = dict(config["task"])
-    task = task_cfg.pop("name")
+
+def _new_record(config: dict[str, Any], run_id: str) -> dict[str, Any]:
     pattern = Pattern.parse(config["pattern"])
-    trainer = config["trainer"]
-    record: dict[str, Any] = {
+    return {
         "schema": SCHEMA,
         "kind": "train",
         "run_id": run_id,
         "status": "ok",
-        "attention": attention,
+        "attention": config["attention"]["name"],
         "pattern": pattern.value,
-        "task": task,
+        "task": config["task"]["name"],
         "task_variant": None,
         "seed": int(config["seed"]),
-        "scale": trainer.get("name"),
+        "scale": config["trainer"].get("name"),
         "hardware": None,
         "metrics": {},
         "metric_info": {},
@@ -105,7 +152,20 @@ def run_job(config: dict[str, Any]) -> dict[str, Any]:
         "duration_s": None,
         "error": None,
     }
-    write_marker(record, results_dir, trainer.get("max_seconds"))
+
+
+def _train(record: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+    """Fill `record` by training `config` (a numeric rate); every failure becomes its status."""
+    import torch
+
+    started = time.time()
+    import_modules(config.get("imports") or [])
+    attention_cfg = dict(config["attention"])
+    attention = attention_cfg.pop("name")
+    task_cfg = dict(config["task"])
+    task = task_cfg.pop("name")
+    pattern = Pattern.parse(config["pattern"])
+    trainer = config["trainer"]
     try:
         if config.get("threads"):
             torch.set_num_threads(int(config["threads"]))
@@ -122,6 +182,4 @@ def run_job(config: dict[str, Any]) -> dict[str, Any]:
         record["status"] = classify(exc)
         record["error"] = error_info(exc)
     record["duration_s"] = round(time.time() - started, 3)
-    write_record(record, results_dir)
-    remove_marker(results_dir, run_id)
     return record

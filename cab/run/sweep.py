@@ -50,7 +50,8 @@ def summarise(sweep_dir: str | Path) -> tuple[Counter, dict[tuple[str, str], dic
     """Status counts, and per (task, pattern) the best attention by mean primary metric over seeds,
     with the column's reference gate verdict (`gate`: cab.gates.judge's dict). Where the verdict is
     `not_learnt` the entry's `attention` is None: no mechanism is "best" on a task the reference has
-    not learnt. `best_attention` keeps the raw leader for the curious."""
+    not learnt. `best_attention` keeps the raw leader for the curious; `ranking` lists every attention
+    of the cell, best first ({attention, mean, seeds})."""
     from cab.gates import GATES, Gate, judge
 
     path = Path(sweep_dir) / SWEEP_LOG
@@ -71,6 +72,10 @@ def summarise(sweep_dir: str | Path) -> tuple[Counter, dict[tuple[str, str], dic
             best[(task, pattern)] = {"attention": attention, "mean": mean, "seeds": len(vals),
                                      "metric": next(j["primary_metric"] for j in jobs if _column(j) == task)}
     for (task, pattern), entry in best.items():
+        higher = direction[(task, pattern)]
+        ranked = sorted(((a, sum(v) / len(v), len(v)) for (t, p, a), v in values.items() if (t, p) == (task, pattern)),
+                        key=lambda row: -row[1] if higher else row[1])
+        entry["ranking"] = [{"attention": a, "mean": m, "seeds": n} for a, m, n in ranked]
         column = [j for j in jobs if _column(j) == task and j["pattern"] == pattern]
         gate = None
         for j in column:

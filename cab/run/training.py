@@ -97,7 +97,8 @@ def train_and_evaluate(record, config, attention, attention_hparams, task_name, 
 
     spec = task_spec(task_name)
     task = spec.cls(pattern=pattern, seed=seed, **task_params)
-    factory = AttentionFactory(attention, pattern, attention_hparams, lengths=task.longest_attention_lengths())
+    factory = AttentionFactory(attention, pattern, attention_hparams, lengths=task.longest_attention_lengths(),
+                               distributed=config.get("distributed"), device=device)
     model = task.build_model(factory).to(device)
     record["metric_info"] = {k: v.as_dict() for k, v in task.metric_info.items()}
     record["primary_metric"] = task.primary_metric
@@ -128,13 +129,24 @@ def train_and_evaluate(record, config, attention, attention_hparams, task_name, 
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
 
-    # Early stopping at a target (Zoology stops MQAR at 0.99); off unless set, and off for leaderboards.
+    # Early stopping at a target (Zoology stops MQAR at 0.99); off unless set. The learning curve and
+    # the stopping rule read the validation split when the task has one (never the test set then).
+    curve = task.validate if task.has_validation() else task.evaluate
     early_stop_at = trainer.get("early_stop_at")
     early_stop_metric = trainer.get("early_stop_metric") or task.primary_metric
+    higher_is_better = task.metric_info[early_stop_metric].higher_is_better if early_stop_metric in task.metric_info else True
+    # Informer's protocol: stop after `early_stop_patience` evaluations without a better validation
+    # value, and evaluate the best checkpoint seen (restore_best), not the last.
+    patience = trainer.get("early_stop_patience")
+    restore_best = bool(trainer.get("restore_best"))
     eval_every = int(trainer.get("eval_every") or 0)  # 0: evaluate only at the end
-    if early_stop_at is not None and not eval_every:
+    if (early_stop_at is not None or patience or restore_best) and not eval_every:
         eval_every = max(1, steps // 10)
+    if (patience or restore_best) and not task.has_validation():
+        raise ValueError(f"trainer.early_stop_patience / restore_best need a validation split; task {task_name!r} has "
+                         "none (set its validation_examples)")
     history: list[dict[str, float]] = []  # the learning curve, when eval_every is set
+    best = {"value": None, "step": 0, "state": None, "stale": 0}
 
     _inject(fail, "train")
     model.train()
@@ -149,6 +161,7 @@ def train_and_evaluate(record, config, attention, attention_hparams, task_name, 
                 loss = loss * float("nan")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            factory.sync_gradients()  # sequence-parallel layers under test: Σ over the ranks (no-op in one process)
             if clip:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), float(clip))
             optimizer.step()
@@ -162,7 +175,7 @@ def train_and_evaluate(record, config, attention, attention_hparams, task_name, 
             if eval_every and (step + 1) % eval_every == 0 and step + 1 < steps:
                 paused = time.perf_counter()
                 model.eval()
-                evaluated = {k: float(v) for k, v in task.evaluate(model).items()}
+                evaluated = {k: float(v) for k, v in curve(model).items()}
                 model.train()
                 train_start += time.perf_counter() - paused  # evaluation is not training time
                 history.append({"step": step + 1, **evaluated})
@@ -171,15 +184,35 @@ def train_and_evaluate(record, config, attention, attention_hparams, task_name, 
                 if early_stop_at is not None and reached is not None and reached >= early_stop_at:
                     record["early_stopped_at_step"] = step + 1
                     break
+                if reached is not None and (patience or restore_best):
+                    if best["value"] is None or (reached > best["value"] if higher_is_better else reached < best["value"]):
+                        best.update(value=reached, step=step + 1, stale=0)
+                        if restore_best:
+                            best["state"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                    else:
+                        best["stale"] += 1
+                        if patience and best["stale"] >= int(patience):
+                            record["early_stopped_at_step"] = step + 1
+                            break
     if device.startswith("cuda"):
         torch.cuda.synchronize()
     train_seconds = time.perf_counter() - train_start
 
     model.eval()
+    if restore_best and best["state"] is not None:
+        final = task.validate(model)[early_stop_metric]  # the last weights compete with the best seen
+        if final > best["value"] if higher_is_better else final < best["value"]:
+            best.update(value=final, step=step + 1)
+        else:
+            model.load_state_dict(best["state"])
+        record["restored_step"] = best["step"]
     eval_start = time.perf_counter()
     record["metrics"] = {k: float(v) for k, v in task.evaluate(model).items()}
+    if task.has_validation():  # what learning-rate selection compares (cab/run/lr_selection.py)
+        record["validation_metrics"] = {k: float(v) for k, v in task.validate(model).items()}
     if history:
         record["eval_history"] = history
+        record["eval_history_split"] = "validation" if task.has_validation() else "test"
     eval_seconds = time.perf_counter() - eval_start
     bad = [k for k, v in record["metrics"].items() if not math.isfinite(v)]
     if bad:
@@ -203,6 +236,10 @@ def train_and_evaluate(record, config, attention, attention_hparams, task_name, 
         "state_size": sum(state_sizes) if state_sizes and all(s is not None for s in state_sizes) else None,
         "device": device,
     }
+    if config.get("save_checkpoint"):  # the trained weights, for `cab generate` (cab/run/generate.py)
+        from cab.run.generate import save_checkpoint
+
+        record["checkpoint"] = save_checkpoint(model, config, record["run_id"])
 
 
 def _seq_len(task, pattern: Pattern) -> int:
