@@ -65,6 +65,17 @@ def test_a_cell_selects_once_on_seed_0_and_other_seeds_train_at_its_choice(smoke
     assert again.get("_skipped") is True  # resumable: nothing retrained
 
 
+def test_a_cell_whose_every_rate_times_out_gives_its_other_seeds_that_status(smoke_config, tmp_path):
+    grid = ["trainer.lr=select", "trainer.lr_grid=[1e-3,1e-2]", "debug.fail=timeout"]
+    seed1 = run_job(smoke_config(*TINY_MQAR, *grid, "seed=1"))
+    selecting = next(json.loads(p.read_text()) for p in Path(tmp_path / "results").glob("*.json")
+                     if json.loads(p.read_text())["seed"] == 0)
+    assert selecting["status"] == "timeout" and selecting["lr_selection"]["chosen"] is None
+    assert seed1["status"] == "timeout" and seed1["error"]["type"] == "NoLearningRate"
+    assert seed1["lr_selection"] == {"chosen": None, "selected_by": selecting["run_id"]}
+    assert seed1["hardware"] == selecting["hardware"] and seed1["env"]["git_commit"] == selecting["env"]["git_commit"]
+
+
 def test_an_unsupported_cell_records_its_reason_without_selecting(smoke_config):
     record = run_job(smoke_config(*TINY_MQAR, "trainer.lr=select", "trainer.lr_grid=[1e-3,1e-2]",
                                   "attention=perceiver", "pattern=causal_self", "seed=1"))

@@ -106,10 +106,13 @@ def _run_once(config: dict[str, Any], selection: bool = False, selected_by: dict
                       command=job_command("cab run", seed=int(config["seed"])) or command_line())
     elif selected_by is not None:
         lr = chosen_lr(selected_by)
-        if lr is None:
-            record["status"] = "failed"
+        if lr is None:  # every rate failed: this seed trains nothing and says why, as the selection did
+            record["env"] = environment()
+            record["hardware"] = hardware_label(record["env"])
+            status = selected_by.get("status")
+            record["status"] = status if status in RETRYABLE else "failed"
             record["error"] = {"type": "NoLearningRate", "message": f"the learning-rate selection of this cell "
-                               f"(run {selected_by['run_id']}, status {selected_by.get('status')}) chose no rate"}
+                               f"(run {selected_by['run_id']}, status {status}) chose no rate"}
         else:
             record = _train(_new_record(with_lr(config, lr), run_id), with_lr(config, lr))
             record["config"] = config
