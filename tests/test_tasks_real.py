@@ -146,6 +146,21 @@ def test_ett_split_follows_informer_and_scaler_sees_train_only():
     assert torch.equal(mean_a, mean_b) and torch.equal(std_a, std_b) and torch.allclose(a[:60], b[:60])
 
 
+def test_lstf_validation_reads_every_strided_window_and_the_test_split_whole():
+    from cab.tasks.lstf import ForecastTask
+
+    task = ForecastTask(Pattern.NONCAUSAL_SELF, 0, seq_len=96, label_len=48, pred_len=96, d_model=8, num_heads=2,
+                        enc_layers=1, data_dir=str(DATA), validation_stride=4)
+    seen = []
+    task._score = lambda model, starts: seen.append(starts) or {"mse": 0.0, "mae": 0.0}
+    task.validate(None)
+    task.evaluate(None)
+    assert len(seen[0]) == 697 and torch.equal(seen[0], task.starts["val"][::4])  # ceil(2,785 / 4)
+    assert len(seen[1]) == 2785  # the test split is always scored whole
+    whole = ForecastTask(Pattern.NONCAUSAL_SELF, 0, seq_len=96, label_len=48, pred_len=96, data_dir=str(DATA))
+    assert whole.validation_stride == 1  # Informer's protocol by default
+
+
 def test_calendar_features_match_informer_timef():
     from cab.tasks.lstf import time_features
 
