@@ -19,15 +19,17 @@ cab.ops runs this case as the recurrence itself, not in chunks: Mamba-1's decay 
 positions form a (T, T, E, N) tensor, T times the recurrence's own elementwise work. Mamba-2's chunked
 form is matrix products only because its A is one scalar per head, which lets the weight leave the sum
 over N. With a vector state per channel the read-out h_t·C_t is a matrix-vector product in any form.
-So every position is one fused op on a contiguous (B, E, N) slab, the decays exp(Δ_t A), the inputs
-(Δ_t x_t) B_t and the read-outs are passes over blocks of positions, and the backward is hand-written: the
-adjoint recurrence λ_t = C_t dy_t + exp(Δ_(t+1) A) ⊙ λ_(t+1) in the same loop, then dΔ, dA, dB, dC, dx from
-λ and h, never an autograd graph of L small ops. It is exact (no chunk-relative exponents). Time O(L·E·N): about
-6 passes over (L, B, E, N) numbers forward and 14 backward, run block by block in cache, plus L small ops
-each way. Training memory O(L·E·N): the states are kept for the backward up to 2^24 numbers per call;
-longer inputs keep one (E, N) state per block of about 2^19 numbers and rerun each block in the backward.
+On CPU the scan is compiled (cab/ops/native.py, csrc/channel_scan.cpp; built once on first use): per
+example, one pass over time with its (E, N) state in cache, the E·N decays exp(Δ_t A), the update and the
+read-out each one vector loop per position, and a backward that reruns each chunk of positions from a kept
+state and runs the adjoint recurrence λ_t = C_t dy_t + exp(Δ_(t+1) A) ⊙ λ_(t+1) with every gradient reduced
+in the same loop. Elsewhere (GPU, CAB_NATIVE_KERNELS=0, no compiler) `cab.ops` runs it in torch: every
+position one fused op on a (B, E, N) slab, the decays, inputs and read-outs passes over blocks of positions,
+the same adjoint recurrence written by hand. Both are exact (no chunk-relative exponents); time O(L·E·N),
+training memory O(L·E·N) in torch, O(L/T·E·N) compiled (T ≈ 2^17/(E·N) positions per kept state). Which one
+ran is in the record (`attention_info.runtime.scan`).
 `selective_scan_reference` is the step-by-step recurrence (`reference_forward` runs the layer with it).
-benchmarks/mamba_scan.py measures this scan against the chunked one it replaced.
+benchmarks/mamba_scan.py measures both against the version before cab.ops.
 
 Cost (`flops`, forward, 2 per multiply-add): the matrix products, per token
     2·dim·2E + 2·E·dim + branches · (2·E·k + 2·E·(R + 2N) + 2·R·E)
@@ -104,9 +106,16 @@ class _SSMBranch(nn.Module):
         """x: (B, L, E) pre-conv -> (u, Δ, B, C) for the scan."""
         if keep is not None:
             x = x * keep
-        xc = F.conv1d(F.pad(x.transpose(1, 2), (self.d_conv - 1, 0)), self.conv_weight, self.conv_bias,
-                      groups=x.shape[-1])  # causal depthwise conv, (B, E, L)
-        u = F.silu(xc.transpose(1, 2).contiguous())  # (B, L, E); contiguous: every later op reads it
+        # causal depthwise conv as k shifted multiply-adds in (B, L, E): the same sums as F.conv1d, whose CPU
+        # backward for depthwise kernels cost more than this layer's scan
+        # (2.6 ms against 4.5 forward and backward at the MQAR shapes, one thread)
+        length, k = x.shape[1], self.d_conv
+        padded = F.pad(x, (0, 0, k - 1, 0))  # (B, L + k - 1, E), zeros before the first position
+        taps = self.conv_weight[:, 0].t()  # (k, E)
+        xc = self.conv_bias + padded[:, :length] * taps[0]
+        for j in range(1, k):
+            xc = torch.addcmul(xc, padded[:, j : j + length], taps[j])
+        u = F.silu(xc)  # (B, L, E)
         dt_r, Bm, Cm = torch.split(self.x_proj(u), [self.dt_rank, self.d_state, self.d_state], dim=-1)
         delta = F.softplus(self.dt_proj(dt_r))  # (B, L, E)
         if keep is not None:
@@ -158,6 +167,11 @@ class MambaMixer(AttentionLayer):
             flip_keep = None if keep is None else keep.flip(1)
             y = y + self.backward_branch(xs.flip(1), flip_keep, scan).flip(1)
         return self.out_proj(y * F.silu(z))
+
+    def runtime_info(self) -> dict:
+        from cab.ops.native import kernel_status
+
+        return {"scan": kernel_status()["channel_scan"] if self.in_proj.weight.device.type == "cpu" else "torch"}
 
     def flops(self, batch: int, len_q: int, len_k: int) -> int:
         e, n, r, k = self.inner, self.d_state, self.dt_rank, self.d_conv

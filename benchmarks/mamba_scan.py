@@ -1,9 +1,10 @@
-"""`mamba` and `s4d` before and after their rewrite onto matrix products / cab.ops' step loop, on CPU.
+"""`mamba` and `s4d` before and after the kernel layer, and `mamba`'s compiled scan against its torch form, on CPU.
 
     python benchmarks/mamba_scan.py --out benchmarks/results/mamba_scan.md
 
 "Before" is the version before the kernel layer (`git show d29dbb5:attentions/<name>.py`, or --before-rev), loaded in
-this process under the name `<name>_before`; "after" is the working tree's. One torch thread.
+this process under the name `<name>_before`; "after" is the working tree's, for `mamba` twice: with its scan
+compiled (cab/ops/native.py, the default on CPU) and in torch (CAB_NATIVE_KERNELS=0). One torch thread.
 
 (a) The layer's forward (eval, no grad; batch 1, 8 heads, width 512, as `cab bench`) at 4,096 and
     16,384 tokens, causal and noncausal self: median of 3 calls after one warm-up, glibc's heap held
@@ -45,6 +46,7 @@ from cab.bench.job import bench_lock  # noqa: E402
 from cab.bench.measure import held_heap  # noqa: E402
 from cab.patterns import Pattern  # noqa: E402
 from cab.registry import build_attention, list_attentions, task_spec  # noqa: E402
+from cab.ops.native import kernel_status  # noqa: E402
 from cab.results.environment import environment  # noqa: E402
 from cab.run.factory import AttentionFactory  # noqa: E402
 
@@ -52,7 +54,24 @@ from cab.run.factory import AttentionFactory  # noqa: E402
 CELLS = [("lm", "causal_self"), ("mqar", "causal_self"), ("mqar", "noncausal_self"), ("listops", "noncausal_self"),
          ("lstf", "causal_self"), ("lstf", "noncausal_self"), ("mlm", "noncausal_self"),
          ("seq2seq", "causal_self"), ("seq2seq", "noncausal_self"), ("gcog", "noncausal_self")]
-CAP_S = 60  # conf/experiment/cpu_leaderboard.yaml: trainer.max_seconds
+CAP_S = 180  # conf/experiment/cpu_leaderboard.yaml: trainer.max_seconds, per training run
+
+
+class scan_form:
+    """Run `mamba`'s scan compiled (True) or in torch (False) inside the block (CAB_NATIVE_KERNELS)."""
+
+    def __init__(self, compiled: bool):
+        self.compiled = compiled
+
+    def __enter__(self):
+        self.saved = os.environ.get("CAB_NATIVE_KERNELS")
+        os.environ["CAB_NATIVE_KERNELS"] = "1" if self.compiled else "0"
+
+    def __exit__(self, *exc):
+        if self.saved is None:
+            os.environ.pop("CAB_NATIVE_KERNELS", None)
+        else:
+            os.environ["CAB_NATIVE_KERNELS"] = self.saved
 
 
 def load_before(name: str, rev: str) -> str:
@@ -168,12 +187,20 @@ def main() -> None:
                     for length in (int(v) for v in args.lengths.split(",")):
                         stated = build_attention(name, dim=512, num_heads=8, pattern=pattern).flops(1, length, length)
                         before = forward_point(names[name], pattern, length)
-                        after = forward_point(name, pattern, length)
-                        forward_rows.append((name, pattern, length, before, after, stated))
-                        print(f"{name} {pattern} {length}: {before:.3f} s -> {after:.3f} s", flush=True)
+                        with scan_form(False):
+                            torch_form = forward_point(name, pattern, length)
+                        with scan_form(True):
+                            after = forward_point(name, pattern, length)
+                        forward_rows.append((name, pattern, length, before, torch_form, after, stated))
+                        print(f"{name} {pattern} {length}: {before:.3f} s -> {torch_form:.3f} s (torch) -> "
+                              f"{after:.3f} s", flush=True)
         step_rows = []
         for task, pattern in CELLS:
-            got = {a: train_steps(a, task, pattern, args.steps) for a in ("softmax", "mamba", names["mamba"])}
+            got = {a: train_steps(a, task, pattern, args.steps) for a in ("softmax", names["mamba"])}
+            with scan_form(False):
+                got["mamba_torch"] = train_steps("mamba", task, pattern, args.steps)
+            with scan_form(True):
+                got["mamba"] = train_steps("mamba", task, pattern, args.steps)
             step_rows.append((task, pattern, got))
             print(task, pattern, {a: round(v["wall"] * 1e3, 1) for a, v in got.items()}, flush=True)
         cell_rows = []
@@ -188,7 +215,8 @@ def main() -> None:
     lines += [
         f"`{command.strip()}` on {env['device']} ({env['cpu_count']} cores), {platform.machine()}, "
         f"torch {env['torch']}, 1 thread; git {str(env['git_commit'])[:12]}{dirty}. Before: "
-        f"`git show {args.before_rev}:attentions/<name>.py`; after: the working tree.",
+        f"`git show {args.before_rev}:attentions/<name>.py`; after: the working tree, `mamba`'s scan in torch "
+        f"(CAB_NATIVE_KERNELS=0) and compiled ({kernel_status()['channel_scan']}).",
         "",
         f"Machine at the start: {load_start}. At the end: {load_end}.",
         "",
@@ -200,11 +228,13 @@ def main() -> None:
             "Median of 3 calls after a warm-up, glibc's heap held (as `cab bench`). GFLOP/s by the working tree's "
             "stated `flops` for both versions.",
             "",
-            "| attention | pattern | tokens | before s | after s | before GFLOP/s | after GFLOP/s | speed-up |",
-            "|---|---|---|---|---|---|---|---|",
+            "| attention | pattern | tokens | before s | after, torch s | after, compiled s | before GFLOP/s | "
+            "after GFLOP/s | speed-up |",
+            "|---|---|---|---|---|---|---|---|---|",
         ]
-        for name, pattern, length, before, after, stated in forward_rows:
-            lines.append(f"| {name} | {pattern} | {length:,} | {before:.3f} | {after:.3f} | "
+        for name, pattern, length, before, torch_form, after, stated in forward_rows:
+            compiled = f"{after:.3f}" if name == "mamba" else "–"
+            lines.append(f"| {name} | {pattern} | {length:,} | {before:.3f} | {torch_form:.3f} | {compiled} | "
                          f"{stated / before / 1e9:.1f} | {stated / after / 1e9:.1f} | {before / after:.1f}× |")
         lines.append("")
     lines += [
@@ -215,16 +245,16 @@ def main() -> None:
         f"softmax's. Projected: the cell's steps × the median wall step (the grid's cap is {CAP_S} s per cell, "
         "training and evaluation).",
         "",
-        "| task | pattern | steps | softmax wall / CPU ms | mamba before wall / CPU ms | × softmax | projected s "
-        "| mamba after wall / CPU ms | × softmax | projected s |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| task | pattern | steps | softmax wall / CPU ms | mamba before wall / CPU ms | × softmax "
+        "| after, torch scan wall / CPU ms | × softmax | after, compiled scan wall / CPU ms | × softmax | projected s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for task, pattern, got in step_rows:
-        soft, before, after = got["softmax"], got[names["mamba"]], got["mamba"]
-        cells = [f"{v['wall'] * 1e3:.0f} / {v['cpu'] * 1e3:.0f}" for v in (soft, before, after)]
+        soft, before, torch_form, after = got["softmax"], got[names["mamba"]], got["mamba_torch"], got["mamba"]
+        cells = [f"{v['wall'] * 1e3:.0f} / {v['cpu'] * 1e3:.0f}" for v in (soft, before, torch_form, after)]
         lines.append(f"| {task} | {pattern} | {soft['steps']} | {cells[0]} | {cells[1]} | "
-                     f"{before['cpu'] / soft['cpu']:.1f} | {before['wall'] * before['steps']:.0f} | {cells[2]} | "
-                     f"{after['cpu'] / soft['cpu']:.1f} | {after['wall'] * after['steps']:.0f} |")
+                     f"{before['cpu'] / soft['cpu']:.1f} | {cells[2]} | {torch_form['cpu'] / soft['cpu']:.1f} | "
+                     f"{cells[3]} | {after['cpu'] / soft['cpu']:.1f} | {after['wall'] * after['steps']:.0f} |")
     within = [f"{t} {p.split('_')[0]}" for t, p, g in step_rows if g["mamba"]["cpu"] <= 3 * g["softmax"]["cpu"]]
     above = [f"{t} {p.split('_')[0]} ({g['mamba']['cpu'] / g['softmax']['cpu']:.1f}×)" for t, p, g in step_rows
              if g["mamba"]["cpu"] > 3 * g["softmax"]["cpu"]]
@@ -235,7 +265,7 @@ def main() -> None:
     if cell_rows:
         lines += [
             "",
-            "## (c) The grid's cells, run by `cab run` (after; seed 0, the grid's 60 s limit)",
+            f"## (c) The grid's cells, run by `cab run` (after; seed 0, the grid's {CAP_S} s limit)",
             "",
             "| task | pattern | status | train s | eval s | total s |",
             "|---|---|---|---|---|---|",

@@ -110,6 +110,9 @@ def causal_recurrence(
     kind = decay_kind(log_decay, (b, h, length, dk))
     g = log_decay
     if kind == "channel" and v.shape[-1] == 1 and length:  # a vector state per head: the step loop
+        native = _native_channel_scan(q, k, v, g, initial_state)
+        if native is not None:  # Mamba-1's case, fused on CPU (cab/ops/native.py)
+            return native if return_final_state else native[0]
         factored = isinstance(g, tuple)
         tensors = (q, k, v, None if factored else g, g[0] if factored else None, g[1] if factored else None,
                    initial_state)
@@ -502,3 +505,54 @@ class _ChannelScan(torch.autograd.Function):
 def _slice_decay(decay: tuple, lo: int, hi: int) -> tuple:
     """The decay of positions lo..hi (the time-major tensors; A is per head)."""
     return (decay[0], decay[1][lo:hi], *decay[2:])
+
+
+# ---------------------------------------------------------------------------------------------
+# The same scan compiled (cab/ops/native.py, csrc/channel_scan.cpp): Mamba-1's case on CPU, where the decay is
+# given by its factors (Δ, A) and q, k are shared by the heads. Same results as `_ChannelScan` up to rounding
+# (tested against the step loop in float64); `_ChannelScan` runs wherever the kernel does not apply or is off.
+
+
+def _native_channel_scan(q, k, v, log_decay, initial_state):
+    """(out (B, H, L, 1), final state (B, H, Dk, 1)) from the compiled scan, or None where it does not apply."""
+    if not isinstance(log_decay, tuple) or q.shape[1] != 1 or k.shape[1] != 1:
+        return None
+    delta, rates = log_decay
+    tensors = [q, k, v, delta, rates] + ([] if initial_state is None else [initial_state])
+    if any(t.device.type != "cpu" or t.dtype != v.dtype for t in tensors) or v.dtype not in (torch.float32,
+                                                                                                torch.float64):
+        return None
+    from .native import channel_scan_module
+
+    module = channel_scan_module()
+    if module is None:
+        return None
+    b, h, length, _ = v.shape
+    s0 = v.new_empty(0) if initial_state is None else initial_state[..., 0].contiguous()
+    # position-major (B, L, H): Mamba's own layout, so for Mamba these are views, not copies
+    out, state = _NativeChannelScan.apply(q[:, 0].contiguous(), k[:, 0].contiguous(),
+                                          v[..., 0].transpose(1, 2).contiguous(),
+                                          delta.expand(b, h, length).transpose(1, 2).contiguous(),
+                                          rates.contiguous(), s0, module)
+    return out.transpose(1, 2)[..., None], state[..., None]
+
+
+class _NativeChannelScan(torch.autograd.Function):
+    """q, k (B, L, N), v, Δ (B, L, H), A (H, N), h0 (B, H, N) or empty -> y (B, L, H), h_L (B, H, N)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, delta, rates, s0, module):
+        ctx.set_materialize_grads(False)
+        y, state, checkpoints = module.forward(q, k, v, delta, rates, s0)
+        ctx.save_for_backward(q, k, v, delta, rates, checkpoints)
+        ctx.module, ctx.has_s0 = module, s0.numel() > 0
+        return y, state
+
+    @staticmethod
+    def backward(ctx, dy, dstate):
+        q, k, v, delta, rates, checkpoints = ctx.saved_tensors
+        empty = v.new_empty(0)
+        dq, dk, dv, ddelta, drates, ds0 = ctx.module.backward(
+            q, k, v, delta, rates, checkpoints, ctx.has_s0, empty if dy is None else dy.contiguous(),
+            empty if dstate is None else dstate.contiguous())
+        return dq, dk, dv, ddelta, drates, (ds0 if ctx.has_s0 else None), None
