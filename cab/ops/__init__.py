@@ -21,7 +21,8 @@ softmax_attention (+_flops)                     masking       vanilla, moh, rout
 window_attention (+_flops)                      windows       local, sliding_window, based (window part),
   (softmax_attention with window_allowed)                     longshort (short part), reformer, halo, lsda
 unfold_windows, window_valid                    windows       aggregated (a window per position)
-causal_recurrence (+_flops)                     recurrence    lightning (per-head decay), mamba (per channel);
+causal_recurrence (+_flops)                     recurrence    lightning (per-head decay), mamba (per channel,
+  (compiled on CPU for mamba's case: native.py)               compiled: csrc/channel_scan.cpp);
   (causal_recurrence_reference: the step loop)                linear, based, cosformer, performer (per position),
                                                               flowformer through linear_attention
 log_decay_from_cumulative                       recurrence    favor_key_features (Performer's running stabiliser)
