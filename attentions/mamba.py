@@ -106,9 +106,8 @@ class _SSMBranch(nn.Module):
         """x: (B, L, E) pre-conv -> (u, Δ, B, C) for the scan."""
         if keep is not None:
             x = x * keep
-        # causal depthwise conv as k shifted multiply-adds in (B, L, E): the same sums as F.conv1d, whose CPU
-        # backward for depthwise kernels cost more than this layer's scan
-        # (2.6 ms against 4.5 forward and backward at the MQAR shapes, one thread)
+        # causal depthwise conv as k shifted multiply-adds in (B, L, E): the same sums as F.conv1d, without its
+        # transposes and its slow CPU backward for depthwise kernels (a profile of a mamba step showed it)
         length, k = x.shape[1], self.d_conv
         padded = F.pad(x, (0, 0, k - 1, 0))  # (B, L + k - 1, E), zeros before the first position
         taps = self.conv_weight[:, 0].t()  # (k, E)

@@ -32,7 +32,7 @@ def test_wheel_has_no_generic_top_level_names(wheel):
     assert top <= {"cab"} | {t for t in top if t.endswith(".dist-info")}, sorted(top)
     assert "cab/conf/config.yaml" in names and "cab/conf/trainer/smoke.yaml" in names
     assert "cab/attentions/softmax.py" in names and "cab/tasks/mqar.py" in names
-    assert "cab/docs/tasks-real.md" in names and "cab/leaderboard_site/index.html" in names
+    assert "cab/docs/tasks-real.md" in names and "cab/leaderboard_site/page.html" in names
     assert any(n.startswith("cab/leaderboard_site/assets/") for n in names)
     assert "cab/ops/csrc/channel_scan.cpp" in names  # the compiled kernel is built from it on the user's machine
 

@@ -1,6 +1,7 @@
 """`cab leaderboard build` and `cab leaderboard serve`: result records in, a static web site out.
 
-The site is static and works from file://: the pages (leaderboard/*.html, assets/*, installed as the
+The site is static and works from file://: the pages are written from one template (leaderboard/page.html,
+`PAGES`: each page's title, nav key and scripts), the assets (leaderboard/assets/*; both installed as the
 package `cab.leaderboard_site`) are copied as they are, and the data is written as small JavaScript
 files that assign JSON to `window.CAB_DATA` (a `<script src>` loads from file://, `fetch()` does
 not). Data is sharded as the lessons of HELM (a 260 MB runs.json) and MTEB (20 s to load a table)
@@ -32,8 +33,29 @@ from cab.results.environment import git_output, now_iso
 
 SITE_PACKAGE = "cab.leaderboard_site"
 DEFAULT_NORMALISATION = "normalisation-v1.json"
-PAGES = ("index.html", "mechanism.html", "compare.html", "efficiency.html", "cost.html", "zoology.html", "run.html")
+# the site's pages, each written from leaderboard/page.html: file -> (title, data-page, its scripts in assets/
+# after common.js; the pages that draw plots load plot.js)
+PAGES = {
+    "index.html": ("Overview", "overview", ("overview",)),
+    "mechanism.html": ("Mechanisms", "mechanism", ("plot", "mechanism")),
+    "compare.html": ("Compare", "compare", ("plot", "compare")),
+    "efficiency.html": ("Efficiency", "efficiency", ("plot", "efficiency")),
+    "cost.html": ("Accuracy versus cost", "cost", ("plot", "cost")),
+    "zoology.html": ("Zoology: accuracy versus state size", "zoology", ("plot", "zoology")),
+    "run.html": ("Run", "run", ("run",)),
+}
+PAGE_TEMPLATE = "page.html"
 RUN_SHARDS = 256
+
+
+def page_texts(template: str) -> dict[str, str]:
+    """Every page's HTML from the one template (its leading comment dropped): title, data-page, script."""
+    body = template[template.index("-->") + 3 :].lstrip("\n") if template.startswith("<!--") else template
+    def scripts(names):
+        return "\n".join(f'<script src="assets/{name}.js"></script>' for name in names)
+
+    return {page: body.replace("<!--TITLE-->", title).replace("<!--PAGE-->", key).replace("<!--SCRIPTS-->", scripts(names))
+            for page, (title, key, names) in PAGES.items()}
 
 
 class UsageError(Exception):
@@ -143,8 +165,8 @@ def build(results: str | Path = "results", out: str | Path = "site", normalisati
 
     built_at = now_iso()
     stamp = f"built {built_at} by cab {cab.__version__}" + (f" (commit {commit}{', dirty' if dirty else ''})" if commit else "")
-    for page in PAGES:
-        text = (src / page).read_text(encoding="utf-8")
+    template = (src / PAGE_TEMPLATE).read_text(encoding="utf-8")
+    for page, text in page_texts(template).items():
         out.joinpath(page).write_text(text.replace("<!--STAMP-->", html.escape(stamp)), encoding="utf-8")
     assets_out = out / "assets"
     assets_out.mkdir(exist_ok=True)
