@@ -12,24 +12,27 @@ Per layer (the paper's Algorithm 2, "SSM + selection"), E = expand·dim channels
     y_t    = h_t C_t + D ⊙ x_t
     out    = W_out (y ⊙ SiLU(z))
 
-The scan (`selective_scan`) is `cab.ops.causal_recurrence` with heads = the E channels, Dk = N, Dv = 1:
-q = C_t and k = B_t shared by the channels, v = Δ_t x_t, and the log decay Δ_t A passed as its two factors.
-cab.ops runs this case as the recurrence itself, not in chunks: Mamba-1's decay exp(Δ_t A) differs per
-(channel, state), so the weights exp(A·(c_t − c_s)) (c: Δ summed over the chunk) of a chunk of T
-positions form a (T, T, E, N) tensor, T times the recurrence's own elementwise work. Mamba-2's chunked
-form is matrix products only because its A is one scalar per head, which lets the weight leave the sum
-over N. With a vector state per channel the read-out h_t·C_t is a matrix-vector product in any form.
-On CPU the scan is compiled (cab/ops/native.py, csrc/channel_scan.cpp; built once on first use): per
-example, one pass over time with its (E, N) state in cache, the E·N decays exp(Δ_t A), the update and the
-read-out each one vector loop per position, and a backward that reruns each chunk of positions from a kept
-state and runs the adjoint recurrence λ_t = C_t dy_t + exp(Δ_(t+1) A) ⊙ λ_(t+1) with every gradient reduced
-in the same loop. Elsewhere (GPU, CAB_NATIVE_KERNELS=0, no compiler) `cab.ops` runs it in torch: every
-position one fused op on a (B, E, N) slab, the decays, inputs and read-outs passes over blocks of positions,
-the same adjoint recurrence written by hand. Both are exact (no chunk-relative exponents); time O(L·E·N),
-training memory O(L·E·N) in torch, O(L/T·E·N) compiled (T ≈ 2^17/(E·N) positions per kept state). Which one
-ran is in the record (`attention_info.runtime.scan`).
-`selective_scan_reference` is the step-by-step recurrence (`reference_forward` runs the layer with it).
-benchmarks/mamba_scan.py measures both against the version before cab.ops.
+Each branch is two ops of cab.ops (cab/ops/selective.py), with W_r, W_B, W_C as one linear layer between them:
+`short_conv` (the depthwise conv and its SiLU) and `selective_scan` (W_Δ, b_Δ, the softplus, the recurrence and
+the skip D ⊙ x, with the padding). The recurrence is `cab.ops.causal_recurrence`'s per-channel case with heads =
+the E channels, Dk = N, Dv = 1: q = C_t and k = B_t shared by the channels, v = Δ_t x_t, the log decay Δ_t A
+given by its two factors. It runs as the recurrence itself, not in chunks: Mamba-1's decay exp(Δ_t A) differs
+per (channel, state), so the weights exp(A·(c_t − c_s)) (c: Δ summed over the chunk) of a chunk of T positions
+form a (T, T, E, N) tensor, T times the recurrence's own elementwise work. Mamba-2's chunked form is matrix
+products only because its A is one scalar per head, which lets the weight leave the sum over N. With a vector
+state per channel the read-out h_t·C_t is a matrix-vector product in any form.
+On CPU both ops are compiled (cab/ops/native.py, csrc/channel_scan.cpp; built once on first use): per example,
+one pass over time with its state in cache as N rows of E channels, so that the decays, the update and the
+read-out are vector loops over channels; Δ_t, Δ_t x_t and the skip are made in the same loop; the backward
+reruns each chunk of positions from a kept state and runs the adjoint recurrence
+λ_t = C_t dy_t + exp(Δ_(t+1) A) ⊙ λ_(t+1) with every gradient (W_Δ's and b_Δ's included) reduced in the same
+loop. Elsewhere (GPU, CAB_NATIVE_KERNELS=0, no compiler) the ops run in torch: the recurrence one fused op per
+position on a (B, E, N) slab with the same adjoint written by hand, the rest torch's own ops. Both are exact
+(no chunk-relative exponents); time O(L·E·N), training memory O(L·E·N) in torch, O(L/T·E·N) compiled
+(T ≈ 2^17/(E·N) positions per kept state). Which form ran is in the record (`attention_info.runtime.scan`).
+`reference_forward` runs the layer with the ops' references (the step-by-step loop, the conv as shifted
+multiply-adds). benchmarks/mamba_scan.py measures the layer's training step against softmax's, and against the
+version before cab.ops.
 
 Cost (`flops`, forward, 2 per multiply-add): the matrix products, per token
     2·dim·2E + 2·E·dim + branches · (2·E·k + 2·E·(R + 2N) + 2·R·E)
@@ -39,7 +42,9 @@ the update, the read-out), is `scan_flops`, not counted in `flops` nor by torch'
 defaults (N = 16, E = 2·dim) it is the larger part of the CPU time.
 
 Noncausal self: two scans (Vim-style bidirectional): the forward branch and a branch with its own
-conv, projections, A and D run on the reversed sequence; y = y_fwd + y_bwd before the gate.
+conv, projections, A and D run on the reversed sequence, i.e. its scan from the last position to the first and
+its conv looking forward (`reverse=True`: the same sums, without flipping the sequence); y = y_fwd + y_bwd before
+the gate.
 Padding (True in key_padding_mask) sets x = 0 and Δ = 0 there, so a padded step neither writes nor
 decays the state: it is skipped in both directions.
 
@@ -59,36 +64,17 @@ from torch import nn
 
 from cab import AttentionLayer, Pattern, register_attention
 from cab.attention import DecodeState
-from cab.ops import causal_recurrence, causal_recurrence_step
-
-
-def selective_scan(u, delta, A, Bm, Cm, D):
-    """u, delta: (B, L, E); A: (E, N); Bm, Cm: (B, L, N); D: (E,) -> y (B, L, E).
-
-    `cab.ops.causal_recurrence` with heads = the E channels, Dk = N, Dv = 1: q = C_t and k = B_t shared by the
-    channels, v = Δ_t u_t, and the log decay Δ_t A given by its two factors (never an (L, E, N) tensor)."""
-    v = (delta * u).transpose(1, 2)[..., None]  # (B, E, L, 1)
-    out = causal_recurrence(Cm[:, None], Bm[:, None], v, (delta.transpose(1, 2), A))  # (B, E, L, 1)
-    return out[..., 0].transpose(1, 2) + u * D
-
-
-def selective_scan_reference(u, delta, A, Bm, Cm, D):
-    """The step-by-step recurrence (L sequential steps); returns y and the final state h (B, E, N)."""
-    b, length, e = u.shape
-    h = torch.zeros(b, e, A.shape[-1], dtype=u.dtype, device=u.device)
-    ys = []
-    for s in range(length):
-        h = torch.exp(delta[:, s, :, None] * A) * h + (delta[:, s] * u[:, s])[..., None] * Bm[:, s, None, :]
-        ys.append((h * Cm[:, s, None, :]).sum(-1) + D * u[:, s])
-    return torch.stack(ys, dim=1), h
+from cab.ops import (causal_recurrence, causal_recurrence_step, selective_scan, selective_scan_flops,
+                     selective_scan_reference, short_conv, short_conv_reference)
 
 
 class _SSMBranch(nn.Module):
-    """Conv, selection projections, A and D of one scan direction."""
+    """Conv, selection projections, A and D of one scan direction (`reverse`: last position to first)."""
 
-    def __init__(self, inner: int, d_state: int, d_conv: int, dt_rank: int, dt_min=1e-3, dt_max=0.1):
+    def __init__(self, inner: int, d_state: int, d_conv: int, dt_rank: int, reverse: bool = False, dt_min=1e-3,
+                 dt_max=0.1):
         super().__init__()
-        self.d_conv, self.dt_rank, self.d_state = d_conv, dt_rank, d_state
+        self.d_conv, self.dt_rank, self.d_state, self.reverse = d_conv, dt_rank, d_state, reverse
         bound = 1 / math.sqrt(d_conv)
         self.conv_weight = nn.Parameter(torch.empty(inner, 1, d_conv).uniform_(-bound, bound))
         self.conv_bias = nn.Parameter(torch.zeros(inner))
@@ -102,29 +88,23 @@ class _SSMBranch(nn.Module):
         self.A_log = nn.Parameter(torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)).repeat(inner, 1))
         self.D = nn.Parameter(torch.ones(inner))
 
-    def selection(self, x: torch.Tensor, keep: torch.Tensor | None):
-        """x: (B, L, E) pre-conv -> (u, Δ, B, C) for the scan."""
+    def selection(self, x: torch.Tensor, keep: torch.Tensor | None, conv=short_conv):
+        """x: (B, L, E) pre-conv, keep (B, L) or None -> u (B, L, E), W_r u (B, L, R) (the scan applies W_Δ, its
+        bias and the softplus), B, C (B, L, N)."""
         if keep is not None:
-            x = x * keep
-        # causal depthwise conv as k shifted multiply-adds in (B, L, E): the same sums as F.conv1d, without its
-        # transposes and its slow CPU backward for depthwise kernels (a profile of a mamba step showed it)
-        length, k = x.shape[1], self.d_conv
-        padded = F.pad(x, (0, 0, k - 1, 0))  # (B, L + k - 1, E), zeros before the first position
-        taps = self.conv_weight[:, 0].t()  # (k, E)
-        xc = self.conv_bias + padded[:, :length] * taps[0]
-        for j in range(1, k):
-            xc = torch.addcmul(xc, padded[:, j : j + length], taps[j])
-        u = F.silu(xc)  # (B, L, E)
+            x = x * keep[..., None]  # padding feeds no convolution
+        u = conv(x, self.conv_weight[:, 0], self.conv_bias, silu=True, reverse=self.reverse)  # (B, L, E)
         dt_r, Bm, Cm = torch.split(self.x_proj(u), [self.dt_rank, self.d_state, self.d_state], dim=-1)
-        delta = F.softplus(self.dt_proj(dt_r))  # (B, L, E)
-        if keep is not None:
-            u, delta = u * keep, delta * keep
-        return u, delta, Bm, Cm
+        return u, dt_r, Bm, Cm
 
-    def forward(self, x, keep, scan=selective_scan):
-        u, delta, Bm, Cm = self.selection(x, keep)
-        A = -torch.exp(self.A_log)
-        return scan(u, delta, A, Bm, Cm, self.D)
+    def forward(self, x, keep, scan=selective_scan, conv=short_conv):
+        u, delta, Bm, Cm = self.selection(x, keep, conv)
+        return scan(u, delta, -torch.exp(self.A_log), Bm, Cm, self.D, delta_bias=self.dt_proj.bias,
+                    delta_softplus=True, keep=keep, reverse=self.reverse, delta_proj=self.dt_proj.weight)
+
+
+def _reference_scan(*args, **kwargs):
+    return selective_scan_reference(*args, **kwargs)[0]
 
 
 _NO_CROSS = "a state-space mixer has no keys: there is no source sequence to attend to"
@@ -147,24 +127,24 @@ class MambaMixer(AttentionLayer):
         self.dt_rank = dt_rank or math.ceil(dim / 16)
         self.in_proj = nn.Linear(dim, 2 * self.inner, bias=False)
         self.forward_branch = _SSMBranch(self.inner, d_state, d_conv, self.dt_rank)
-        self.backward_branch = None if self.causal else _SSMBranch(self.inner, d_state, d_conv, self.dt_rank)
+        self.backward_branch = None if self.causal else _SSMBranch(self.inner, d_state, d_conv, self.dt_rank,
+                                                                               reverse=True)
         self.out_proj = nn.Linear(self.inner, dim, bias=False)
 
     def forward(self, x, context=None, key_padding_mask=None):
-        return self._mix(x, context, key_padding_mask, selective_scan)
+        return self._mix(x, context, key_padding_mask, selective_scan, short_conv)
 
     def reference_forward(self, x, context=None, key_padding_mask=None):
-        """The layer with the scan run by `selective_scan_reference`, the step-by-step recurrence."""
-        return self._mix(x, context, key_padding_mask, lambda *args: selective_scan_reference(*args)[0])
+        """The layer with its scan run step by step and its convolution as shifted multiply-adds in torch."""
+        return self._mix(x, context, key_padding_mask, _reference_scan, short_conv_reference)
 
-    def _mix(self, x, context, key_padding_mask, scan):
+    def _mix(self, x, context, key_padding_mask, scan, conv):
         self.check_inputs(x, context)
         xs, z = self.in_proj(x).chunk(2, dim=-1)  # (B, L, E) each
-        keep = None if key_padding_mask is None else (~key_padding_mask)[..., None].to(x.dtype)  # (B, L, 1)
-        y = self.forward_branch(xs, keep, scan)
-        if self.backward_branch is not None:
-            flip_keep = None if keep is None else keep.flip(1)
-            y = y + self.backward_branch(xs.flip(1), flip_keep, scan).flip(1)
+        keep = None if key_padding_mask is None else (~key_padding_mask).to(x.dtype)  # (B, L)
+        y = self.forward_branch(xs, keep, scan, conv)
+        if self.backward_branch is not None:  # the same scan from the last position to the first
+            y = y + self.backward_branch(xs, keep, scan, conv)
         return self.out_proj(y * F.silu(z))
 
     def runtime_info(self) -> dict:
@@ -180,10 +160,9 @@ class MambaMixer(AttentionLayer):
         return batch * len_q * per_token  # the scan has no matrix products (`scan_flops`)
 
     def scan_flops(self, batch: int, length: int) -> int:
-        """Elementwise FLOPs of the scan, outside `flops`: per position and (channel, state) Δ_t A, x_t B_t,
-        the update a_t ⊙ h_{t-1} + x_t B_t (2) and the read-out C_t ⊙ h_t summed (2), plus one exp."""
+        """Elementwise FLOPs of the scans, outside `flops` (`cab.ops.selective_scan_flops`, per branch)."""
         branches = 1 if self.causal else 2
-        return branches * 6 * batch * length * self.inner * self.d_state
+        return branches * selective_scan_flops(batch, length, self.inner, self.d_state)
 
     def state_size(self, seq_len: int) -> int:
         per_direction = self.inner * self.d_state + self.inner * (self.d_conv - 1)  # h and the conv buffer
@@ -195,7 +174,8 @@ class MambaMixer(AttentionLayer):
         br = self.forward_branch
         xs, z = self.in_proj(x).chunk(2, dim=-1)  # (B, L, E) each
         u, delta, Bm, Cm = br.selection(xs, None)
-        v = (delta * u).transpose(1, 2)[..., None]  # (B, E, L, 1), as `selective_scan`
+        delta = F.softplus(br.dt_proj(delta))  # (B, L, E), as `selective_scan` makes it
+        v = (delta * u).transpose(1, 2)[..., None]  # (B, E, L, 1)
         out, h = causal_recurrence(Cm[:, None], Bm[:, None], v, (delta.transpose(1, 2), -torch.exp(br.A_log)),
                                    return_final_state=True)  # (B, E, L, 1), (B, E, N, 1)
         y = out[..., 0].transpose(1, 2) + u * br.D

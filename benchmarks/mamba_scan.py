@@ -14,12 +14,12 @@ compiled (cab/ops/native.py, the default on CPU) and in torch (CAB_NATIVE_KERNEL
     the `cpu` leaderboard grid (conf/task_scale/<task>/cpu.yaml: the task's model, batch and data,
     built through the registry and AttentionFactory as `cab run` builds it), for `softmax`, `mamba`
     and `mamba_before`: wall time per step (median of the timed steps) and process CPU time per
-    step (the least of them: other processes on the machine inflate wall time, not CPU time), the
-    ratio to softmax's, and the projected training time (steps × median) against the grid's 60 s
-    cap per cell (which also covers evaluation).
+    step (the least of them: other processes on the machine inflate wall time, and CPU time less), the
+    ratio to softmax's, and the projected training time (steps × median) against the grid's 180 s
+    cap per training run. The four models' steps are interleaved, so a load falls on all alike.
 (c) The grid's cells themselves, after: `cab run experiment=cpu_leaderboard attention=mamba task=<task>
     pattern=<pattern> seed=0` into a temporary results folder, each in its own process, with the grid's
-    60 s limit: the record's status and its training, evaluation and total seconds.
+    180 s limit: the record's status and its training, evaluation and total seconds.
 The load average and the busiest other processes are recorded before and after: on a shared machine
 the wall times are only as good as the quiet they were taken in. Takes the bench lock.
 """
@@ -113,29 +113,38 @@ def task_params(task: str) -> tuple[dict, dict]:
     return params, OmegaConf.to_container(scale.trainer)
 
 
-def train_steps(attention: str, task_name: str, pattern: str, steps: int, warmup: int = 2) -> dict:
-    """Per-step wall and CPU seconds of `steps` training steps (after `warmup`), as cab.run.training steps."""
-    torch.manual_seed(0)
+def train_steps(variants: dict[str, tuple[str, bool]], task_name: str, pattern: str, steps: int,
+                warmup: int = 2) -> dict:
+    """Per-step wall and CPU seconds of `steps` training steps (after `warmup`) of each variant, as
+    cab.run.training steps. variants: {label: (attention, compiled scan)}. The variants' steps are interleaved
+    (one step of each in turn), so a load from other processes falls on all of them alike."""
     params, trainer = task_params(task_name)
-    task = task_spec(task_name).cls(pattern=Pattern.parse(pattern), seed=0, **params)
-    factory = AttentionFactory(attention, Pattern.parse(pattern), {}, lengths=task.longest_attention_lengths())
-    model = task.build_model(factory)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
-    batches = task.train_batches(int(trainer["batch_size"]))
-    model.train()
-    wall, cpu = [], []
+    runs = {}
+    for label, (attention, compiled) in variants.items():
+        torch.manual_seed(0)
+        task = task_spec(task_name).cls(pattern=Pattern.parse(pattern), seed=0, **params)
+        factory = AttentionFactory(attention, Pattern.parse(pattern), {}, lengths=task.longest_attention_lengths())
+        model = task.build_model(factory).train()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1)
+        runs[label] = (task, model, optimizer, task.train_batches(int(trainer["batch_size"])), compiled)
+    wall = {label: [] for label in runs}
+    cpu = {label: [] for label in runs}
     for i in range(warmup + steps):
-        batch = next(batches)
-        w, c = time.perf_counter(), time.process_time()
-        loss = task.loss(task.forward(model, batch), batch)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        if i >= warmup:
-            wall.append(time.perf_counter() - w)
-            cpu.append(time.process_time() - c)
-    return {"wall": statistics.median(wall), "cpu": min(cpu), "steps": int(trainer["steps"])}
+        for label, (task, model, optimizer, batches, compiled) in runs.items():
+            batch = next(batches)
+            with scan_form(compiled):
+                w, c = time.perf_counter(), time.process_time()
+                loss = task.loss(task.forward(model, batch), batch)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                optimizer.step()
+                w, c = time.perf_counter() - w, time.process_time() - c
+            if i >= warmup:
+                wall[label].append(w)
+                cpu[label].append(c)
+    return {label: {"wall": statistics.median(wall[label]), "cpu": min(cpu[label]), "steps": int(trainer["steps"])}
+            for label in runs}
 
 
 def grid_cell(task: str, pattern: str, results_dir: str) -> dict:
@@ -196,11 +205,8 @@ def main() -> None:
                               f"{after:.3f} s", flush=True)
         step_rows = []
         for task, pattern in CELLS:
-            got = {a: train_steps(a, task, pattern, args.steps) for a in ("softmax", names["mamba"])}
-            with scan_form(False):
-                got["mamba_torch"] = train_steps("mamba", task, pattern, args.steps)
-            with scan_form(True):
-                got["mamba"] = train_steps("mamba", task, pattern, args.steps)
+            got = train_steps({"softmax": ("softmax", True), names["mamba"]: (names["mamba"], True),
+                               "mamba_torch": ("mamba", False), "mamba": ("mamba", True)}, task, pattern, args.steps)
             step_rows.append((task, pattern, got))
             print(task, pattern, {a: round(v["wall"] * 1e3, 1) for a, v in got.items()}, flush=True)
         cell_rows = []
@@ -241,7 +247,8 @@ def main() -> None:
         "## (b) Training step at the `cpu` task shapes (the cells `mamba` trains in the cpu grid)",
         "",
         f"Forward, backward, clipping and AdamW on the task's model and batch; {args.steps} timed steps after 2 "
-        "warm-up steps. Wall: median ms per step; CPU: least process CPU ms per step. Ratio: CPU time over "
+        "warm-up steps, the four models' steps interleaved. Wall: median ms per step; CPU: least process CPU ms per "
+        "step. Ratio: CPU time over "
         f"softmax's. Projected: the cell's steps × the median wall step (the grid's cap is {CAP_S} s per cell, "
         "training and evaluation).",
         "",
@@ -253,10 +260,10 @@ def main() -> None:
         soft, before, torch_form, after = got["softmax"], got[names["mamba"]], got["mamba_torch"], got["mamba"]
         cells = [f"{v['wall'] * 1e3:.0f} / {v['cpu'] * 1e3:.0f}" for v in (soft, before, torch_form, after)]
         lines.append(f"| {task} | {pattern} | {soft['steps']} | {cells[0]} | {cells[1]} | "
-                     f"{before['cpu'] / soft['cpu']:.1f} | {cells[2]} | {torch_form['cpu'] / soft['cpu']:.1f} | "
-                     f"{cells[3]} | {after['cpu'] / soft['cpu']:.1f} | {after['wall'] * after['steps']:.0f} |")
+                     f"{before['cpu'] / soft['cpu']:.2f} | {cells[2]} | {torch_form['cpu'] / soft['cpu']:.2f} | "
+                     f"{cells[3]} | {after['cpu'] / soft['cpu']:.2f} | {after['wall'] * after['steps']:.0f} |")
     within = [f"{t} {p.split('_')[0]}" for t, p, g in step_rows if g["mamba"]["cpu"] <= 3 * g["softmax"]["cpu"]]
-    above = [f"{t} {p.split('_')[0]} ({g['mamba']['cpu'] / g['softmax']['cpu']:.1f}×)" for t, p, g in step_rows
+    above = [f"{t} {p.split('_')[0]} ({g['mamba']['cpu'] / g['softmax']['cpu']:.2f}×)" for t, p, g in step_rows
              if g["mamba"]["cpu"] > 3 * g["softmax"]["cpu"]]
     over = [f"{t} {p.split('_')[0]}" for t, p, g in step_rows if g["mamba"]["wall"] * g["mamba"]["steps"] > CAP_S]
     lines += ["", f"After: within 3× of softmax's step (CPU time): {', '.join(within) or 'none'}; above: "

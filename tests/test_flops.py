@@ -12,6 +12,9 @@ to the math backend (on CPU the fused kernel is not in its registry and counts 0
 Counter 2: fvcore's `FlopCountAnalysis` (jit trace; counts multiply-adds, so doubled here), with
 handles added for SDPA and the matrix ops it skips, and an exact broadcasting-aware matmul (its own
 under-counts when only the second operand has batch dims, fvcore PR #54).
+Both count the torch forms (CAB_NATIVE_KERNELS=0): a compiled kernel computes some of the algorithm's products
+out of their sight (mamba's rank-R W_Δ inside its scan), and is tested equal to the torch form elsewhere
+(tests/test_ops.py).
 Reference: /work/shared/reference/attentions.md §3.
 """
 
@@ -35,6 +38,11 @@ TOLERANCE = 0.05
 
 CASES = [(name, p) for name in list_attentions() for p in sorted(attention_spec(name).patterns, key=list(Pattern).index)]
 IDS = [f"{n}-{p.value}" for n, p in CASES]
+
+
+@pytest.fixture(autouse=True)
+def torch_forms(monkeypatch):
+    monkeypatch.setenv("CAB_NATIVE_KERNELS", "0")
 
 
 def make(name: str, pattern: Pattern, len_q: int = LEN_Q, len_k: int = LEN_K):

@@ -169,6 +169,35 @@ def recurrence_reference(chunk_size, **inputs):
     return ops.causal_recurrence_reference(**inputs)
 
 
+SELECTIVE = {  # Mamba's selective scan: which optional parts each case turns on
+    "plain": dict(),
+    "mamba-causal": dict(bias=True, softplus=True, proj=True),
+    "mamba-reverse-padded": dict(bias=True, softplus=True, proj=True, keep=True, reverse=True),
+    "padded-no-skip": dict(keep=True, skip=False, softplus=True),
+    "states=5-reverse": dict(states=5, reverse=True, bias=True),
+}
+
+
+def make_selective(g, bias=False, softplus=False, proj=False, keep=False, reverse=False, skip=True, states=16):
+    """Inputs of ops.selective_scan: E = 7 channels, R = 3 (W_Δ's rank), N = `states`; keep with padding that differs
+    per row (one row all padding)."""
+    e, rank = 7, 3
+    delta = rand(g, B, L, rank if proj else e) if (proj or softplus) else torch.rand(B, L, e, generator=g, dtype=DT)
+    return dict(u=rand(g, B, L, e), delta=delta, A=-3 * torch.rand(e, states, generator=g, dtype=DT),
+                Bm=rand(g, B, L, states), Cm=rand(g, B, L, states), D=rand(g, e) if skip else None,
+                delta_bias=rand(g, e) if bias else None, delta_softplus=softplus,
+                keep=(~padding(g)).to(DT) if keep else None, reverse=reverse,
+                delta_proj=rand(g, e, rank) / 2 if proj else None)
+
+
+def selective_reference(**inputs):
+    return ops.selective_scan_reference(**inputs)[0]
+
+
+def make_short_conv(g, silu, reverse):
+    return dict(x=rand(g, B, L, 7), weight=rand(g, 7, 4), bias=rand(g, 7), silu=silu, reverse=reverse)
+
+
 def make_linear(g, causal, normalize, kind="none", len_q=L, positive=True):
     fmap = ops.elu_feature_map if positive else (lambda x: x)
     pad = padding(g, empty_row=not causal)  # causal: row 2's leading padding already gives empty prefixes
@@ -313,6 +342,13 @@ def _cases():
         cases.append((f"causal_segment_means_of-chunked-S={segments}", causal_pool_chunked,
                       ops.causal_segment_means_reference,
                       lambda g, s=segments: make_causal_pool(g, s)))
+    for name, spec in SELECTIVE.items():
+        cases.append((f"selective_scan-{name}", ops.selective_scan, selective_reference,
+                      lambda g, s=spec: make_selective(g, **s)))
+    for silu in (True, False):
+        for reverse in (False, True):
+            cases.append((f"short_conv-silu={silu}-reverse={reverse}", ops.short_conv, ops.short_conv_reference,
+                          lambda g, a=silu, r=reverse: make_short_conv(g, a, r)))
     for layout in ("BHLD", "BLHD"):
         cases.append((f"causal_prefix_mean-{layout}", ops.causal_prefix_mean, prefix_reference,
                       lambda g, lay=layout: make_prefix(g, lay)))
@@ -584,6 +620,40 @@ def test_compiled_scan_float32_and_switch(monkeypatch):
         torch.testing.assert_close(runs[flag].double(), want, atol=1e-5, rtol=1e-4)
     assert kernel_status()["channel_scan"].startswith("torch")  # still "0"
     torch.testing.assert_close(runs["1"], runs["0"], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("native", ["1", "0"])
+@pytest.mark.parametrize("name", [*SELECTIVE, "short_conv", "short_conv-reverse"])
+def test_selective_ops_gradients_equal_reference(monkeypatch, native, name):
+    """Mamba's ops have hand-written backwards where compiled (CAB_NATIVE_KERNELS=1): every gradient equals
+    autograd's through the references, compiled and in torch, padding and the reversed direction included."""
+    monkeypatch.setenv("CAB_NATIVE_KERNELS", native)
+    g = torch.Generator().manual_seed(41)
+    if name.startswith("short_conv"):
+        inputs, fast, ref = make_short_conv(g, True, name.endswith("reverse")), ops.short_conv, ops.short_conv_reference
+    else:
+        inputs, fast, ref = make_selective(g, **SELECTIVE[name]), ops.selective_scan, selective_reference
+    leaves = {n: t.requires_grad_(True) for n, t in inputs.items()
+              if isinstance(t, torch.Tensor) and t.is_floating_point() and n != "keep"}
+    grads = []
+    for fn in (fast, ref):
+        out = fn(**inputs)
+        weights = torch.linspace(-1, 1, out.numel(), dtype=DT).reshape(out.shape)
+        grads.append(torch.autograd.grad((out * weights).sum(), list(leaves.values())))
+    for leaf, a, b in zip(leaves, *grads):
+        torch.testing.assert_close(a, b, **TOL, msg=lambda m: f"{name} d{leaf}: {m}")
+
+
+def test_selective_scan_float32_compiled_equals_torch(monkeypatch):
+    """float32 through the compiled kernels (inlined exp, vector log1p) stays within float32 rounding of the float64
+    reference, as the torch form does: Mamba's whole branch, softplus, W_Δ, padding and reverse included."""
+    g = torch.Generator().manual_seed(42)
+    inputs = make_selective(g, **SELECTIVE["mamba-reverse-padded"])
+    want = selective_reference(**inputs)
+    single = {n: t.float() if isinstance(t, torch.Tensor) else t for n, t in inputs.items()}
+    for flag in ("1", "0"):
+        monkeypatch.setenv("CAB_NATIVE_KERNELS", flag)
+        torch.testing.assert_close(ops.selective_scan(**single).double(), want, atol=1e-4, rtol=1e-4)
 
 
 def test_log_decay_from_cumulative_and_kinds():

@@ -376,7 +376,8 @@ FLOP_CASES = [(n, p) for n in NAMES for p in sorted(attention_spec(n).patterns, 
 
 
 @pytest.mark.parametrize("name,pattern", FLOP_CASES, ids=[f"{n}-{p.value}" for n, p in FLOP_CASES])
-def test_flops_agree_with_flop_counter(name, pattern):
+def test_flops_agree_with_flop_counter(monkeypatch, name, pattern):
+    monkeypatch.setenv("CAB_NATIVE_KERNELS", "0")  # the torch forms: mamba's compiled scan does W_Δ out of sight
     length, dim = 256, 64
     torch.manual_seed(0)
     layer = build_attention(name, dim=dim, num_heads=4, pattern=pattern).eval()

@@ -25,6 +25,11 @@ causal_recurrence (+_flops)                     recurrence    lightning (per-hea
   (compiled on CPU for mamba's case: native.py)               compiled: csrc/channel_scan.cpp);
   (causal_recurrence_reference: the step loop)                linear, based, cosformer, performer (per position),
                                                               flowformer through linear_attention
+selective_scan (+_flops): Mamba-1's scan with    selective     mamba (compiled on CPU: csrc/channel_scan.cpp)
+  W_Δ, softplus, skip, padding, either direction
+  (selective_scan_reference: the step loop)
+short_conv: depthwise conv (+ SiLU), causal or   selective     mamba (compiled on CPU)
+  looking forward (short_conv_reference)
 log_decay_from_cumulative                       recurrence    favor_key_features (Performer's running stabiliser)
 linear_attention (+_flops)                      linear        linear, based, cosformer, performer; lightning and
   (linear_attention_reference: quadratic form)                flowformer with normalize=False
@@ -98,6 +103,13 @@ from .recurrence import (
     decay_kind,
     log_decay_from_cumulative,
 )
+from .selective import (
+    selective_scan,
+    selective_scan_flops,
+    selective_scan_reference,
+    short_conv,
+    short_conv_reference,
+)
 from .shapes import ceil_div, pad_to_multiple
 from .windows import (
     unfold_windows,
@@ -109,16 +121,16 @@ from .windows import (
 )
 
 __all__ = [
-    "DECAY_KINDS", "RankPrefix", "TokenCache", "allowed_mask", "causal_mask", "causal_prefix_mean", "causal_recurrence",
-    "causal_recurrence_flops", "causal_recurrence_reference", "causal_recurrence_step", "causal_segment_means", "causal_segment_means_of",
-    "causal_segment_means_reference", "ceil_div",
+    "DECAY_KINDS", "RankPrefix", "TokenCache", "allowed_mask", "causal_mask", "causal_prefix_mean",
+    "causal_recurrence", "causal_recurrence_flops", "causal_recurrence_reference", "causal_recurrence_step",
+    "causal_segment_means", "causal_segment_means_of", "causal_segment_means_reference", "ceil_div",
     "cosformer_feature_map", "decay_kind", "elu_feature_map", "favor_key_features", "favor_log_features",
-    "favor_query_features", "keep_mask", "linear_attention", "linear_attention_flops", "linear_attention_reference",
-    "linear_attention_step",
-    "log_decay_from_cumulative", "masked_softmax", "masked_softmax_lse", "merge_softmax_parts", "orthogonal_gaussian",
-    "pad_to_multiple", "rank_prefix", "relu_feature_map", "sdpa_mask", "segment_bounds", "segment_ids",
-    "segment_means",
-    "segment_means_reference", "segment_weights", "silu_feature_map", "softmax_attention", "softmax_attention_flops",
+    "favor_query_features", "keep_mask", "linear_attention", "linear_attention_flops",
+    "linear_attention_reference", "linear_attention_step", "log_decay_from_cumulative", "masked_softmax",
+    "masked_softmax_lse", "merge_softmax_parts", "orthogonal_gaussian", "pad_to_multiple", "rank_prefix",
+    "relu_feature_map", "sdpa_mask", "segment_bounds", "segment_ids", "segment_means", "segment_means_reference",
+    "segment_weights", "selective_scan", "selective_scan_flops", "selective_scan_reference", "short_conv",
+    "short_conv_reference", "silu_feature_map", "softmax_attention", "softmax_attention_flops",
     "taylor_feature_map", "taylor_feature_size", "unfold_windows", "window_allowed", "window_attention",
     "window_attention_flops", "window_block_size", "window_valid", "zero_padding",
 ]

@@ -1,10 +1,14 @@
 """Compiled CPU kernels, built on first use with torch's C++ extension loader; the torch forms stay the fallback.
 
-One kernel so far: Mamba-1's selective scan (`csrc/channel_scan.cpp`), the recurrence with a per-channel decay
-given by its factors (Δ_t, A), a vector state per channel (Dv = 1) and q, k shared by the channels. In eager
-torch that scan is many passes over (L, B, E, N) numbers (cab/ops/recurrence.py, `_ChannelScan`); fused, each
-number is touched once per direction, which is what makes `mamba` train at a few times softmax's cost on a CPU
-(benchmarks/results/mamba_scan.md).
+One source (`csrc/channel_scan.cpp`), one module, Mamba-1's kernels:
+- the scan: the recurrence with a per-channel decay given by its factors (Δ_t, A), a vector state per channel
+  (Dv = 1) and q, k shared by the channels: `cab.ops.causal_recurrence`'s case ("plain"), and Mamba's whole
+  selective scan (`cab.ops.selective_scan`: W_Δ, the softplus, Δ_t u_t and the skip made in the same loop,
+  either direction);
+- the depthwise short convolution with its SiLU (`cab.ops.short_conv`).
+In eager torch the scan is many passes over (L, B, E, N) numbers (cab/ops/recurrence.py, `_ChannelScan`) and
+every elementwise step around it another pass over (B, L, E); fused, each number is made and used in cache,
+which is what makes `mamba` train at a few times softmax's cost on a CPU (benchmarks/results/mamba_scan.md).
 
 The build needs a C++ compiler and ninja (`pip install ninja`, a dependency of cab); it takes about a minute
 once, then loads from torch's extension cache (TORCH_EXTENSIONS_DIR, default ~/.cache/torch_extensions). The

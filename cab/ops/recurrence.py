@@ -543,7 +543,8 @@ class _NativeChannelScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, delta, rates, s0, module):
         ctx.set_materialize_grads(False)
-        y, state, checkpoints = module.forward(q, k, v, delta, rates, s0)
+        none = v.new_empty(0)  # no bias, D or keep: the plain scan
+        y, state, checkpoints = module.forward(q, k, v, delta, rates, s0, none, none, none, none, False, False, False)
         ctx.save_for_backward(q, k, v, delta, rates, checkpoints)
         ctx.module, ctx.has_s0 = module, s0.numel() > 0
         return y, state
@@ -552,7 +553,7 @@ class _NativeChannelScan(torch.autograd.Function):
     def backward(ctx, dy, dstate):
         q, k, v, delta, rates, checkpoints = ctx.saved_tensors
         empty = v.new_empty(0)
-        dq, dk, dv, ddelta, drates, ds0 = ctx.module.backward(
-            q, k, v, delta, rates, checkpoints, ctx.has_s0, empty if dy is None else dy.contiguous(),
-            empty if dstate is None else dstate.contiguous())
+        dq, dk, dv, ddelta, drates, ds0, *_ = ctx.module.backward(
+            q, k, v, delta, rates, checkpoints, ctx.has_s0, empty, empty, empty, empty, False, False, False,
+            empty if dy is None else dy.contiguous(), empty if dstate is None else dstate.contiguous())
         return dq, dk, dv, ddelta, drates, (ds0 if ctx.has_s0 else None), None
