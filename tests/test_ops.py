@@ -194,8 +194,10 @@ def selective_reference(**inputs):
     return ops.selective_scan_reference(**inputs)[0]
 
 
-def make_short_conv(g, silu, reverse):
-    return dict(x=rand(g, B, L, 7), weight=rand(g, 7, 4), bias=rand(g, 7), silu=silu, reverse=reverse)
+def make_short_conv(g, silu, reverse, sliced=False):
+    """sliced: x is channels 2..8 of a wider tensor (rows 12 apart), as mamba's chunk of W_in's output."""
+    x = rand(g, B, L, 12)[..., 2:9] if sliced else rand(g, B, L, 7)
+    return dict(x=x, weight=rand(g, 7, 4), bias=rand(g, 7), silu=silu, reverse=reverse)
 
 
 def make_linear(g, causal, normalize, kind="none", len_q=L, positive=True):
@@ -349,6 +351,8 @@ def _cases():
         for reverse in (False, True):
             cases.append((f"short_conv-silu={silu}-reverse={reverse}", ops.short_conv, ops.short_conv_reference,
                           lambda g, a=silu, r=reverse: make_short_conv(g, a, r)))
+    cases.append(("short_conv-slice", ops.short_conv, ops.short_conv_reference,
+                  lambda g: make_short_conv(g, True, True, sliced=True)))
     for layout in ("BHLD", "BLHD"):
         cases.append((f"causal_prefix_mean-{layout}", ops.causal_prefix_mean, prefix_reference,
                       lambda g, lay=layout: make_prefix(g, lay)))
@@ -623,14 +627,15 @@ def test_compiled_scan_float32_and_switch(monkeypatch):
 
 
 @pytest.mark.parametrize("native", ["1", "0"])
-@pytest.mark.parametrize("name", [*SELECTIVE, "short_conv", "short_conv-reverse"])
+@pytest.mark.parametrize("name", [*SELECTIVE, "short_conv", "short_conv-reverse", "short_conv-slice"])
 def test_selective_ops_gradients_equal_reference(monkeypatch, native, name):
     """Mamba's ops have hand-written backwards where compiled (CAB_NATIVE_KERNELS=1): every gradient equals
     autograd's through the references, compiled and in torch, padding and the reversed direction included."""
     monkeypatch.setenv("CAB_NATIVE_KERNELS", native)
     g = torch.Generator().manual_seed(41)
     if name.startswith("short_conv"):
-        inputs, fast, ref = make_short_conv(g, True, name.endswith("reverse")), ops.short_conv, ops.short_conv_reference
+        inputs = make_short_conv(g, True, name.endswith("reverse"), sliced=name.endswith("slice"))
+        fast, ref = ops.short_conv, ops.short_conv_reference
     else:
         inputs, fast, ref = make_selective(g, **SELECTIVE[name]), ops.selective_scan, selective_reference
     leaves = {n: t.requires_grad_(True) for n, t in inputs.items()

@@ -55,7 +55,9 @@ def short_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, silu: 
     module = _native(x, weight, bias)
     if module is None:
         return short_conv_reference(x, weight, bias, silu, reverse)
-    return _NativeShortConv.apply(x.contiguous(), weight.t().contiguous(), bias.contiguous(), reverse, silu, module)
+    rows_in_place = x.stride(-1) == 1 and x.stride(0) == x.shape[1] * x.stride(1)  # e.g. a chunk of W_in's output
+    return _NativeShortConv.apply(x if rows_in_place else x.contiguous(), weight.t().contiguous(), bias.contiguous(),
+                                  reverse, silu, module)
 
 
 def selective_scan(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, Bm: torch.Tensor, Cm: torch.Tensor,

@@ -287,21 +287,29 @@ inline int64_t tap_position(int64_t t, int64_t j, int64_t K, bool reverse) {
   return reverse ? t + (K - 1) - j : t - (K - 1) + j;
 }
 
+// acc = b + Σ_j w_j ⊙ x at tap j's position (zeros outside the sequence), for position t of example b; x's rows
+// (positions) are S numbers apart (S >= E: a slice of a wider projection's output is read in place)
 template <typename T>
-void conv_forward_kernel(const T* x, const T* w, const T* bias, T* u, int64_t B, int64_t L, int64_t E, int64_t K,
-                         bool reverse, bool silu) {
+inline void preactivation(const T* x, const T* w, const T* bias, T* acc, int64_t b, int64_t t, int64_t L, int64_t E,
+                          int64_t S, int64_t K, bool reverse) {
+  std::memcpy(acc, bias, E * sizeof(T));
+  for (int64_t j = 0; j < K; ++j) {
+    const int64_t p = tap_position(t, j, K, reverse);
+    if (p < 0 || p >= L) continue;
+    const T *xp = x + (b * L + p) * S, *wj = w + j * E;
+#pragma omp simd
+    for (int64_t e = 0; e < E; ++e) acc[e] += wj[e] * xp[e];
+  }
+}
+
+template <typename T>
+void conv_forward_kernel(const T* x, const T* w, const T* bias, T* u, int64_t B, int64_t L, int64_t E, int64_t S,
+                         int64_t K, bool reverse, bool silu) {
   at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
     std::vector<T> acc(E);
     for (int64_t b = b0; b < b1; ++b) {
       for (int64_t t = 0; t < L; ++t) {
-        std::memcpy(acc.data(), bias, E * sizeof(T));
-        for (int64_t j = 0; j < K; ++j) {
-          const int64_t p = tap_position(t, j, K, reverse);
-          if (p < 0 || p >= L) continue;
-          const T *xp = x + (b * L + p) * E, *wj = w + j * E;
-#pragma omp simd
-          for (int64_t e = 0; e < E; ++e) acc[e] += wj[e] * xp[e];
-        }
+        preactivation(x, w, bias, acc.data(), b, t, L, E, S, K, reverse);
         T* ut = u + (b * L + t) * E;
         if (silu) {
 #pragma omp simd
@@ -316,21 +324,14 @@ void conv_forward_kernel(const T* x, const T* w, const T* bias, T* u, int64_t B,
 
 template <typename T>
 void conv_backward_kernel(const T* x, const T* w, const T* bias, const T* du, T* dx, T* dw_per_b, T* db_per_b,
-                          int64_t B, int64_t L, int64_t E, int64_t K, bool reverse, bool silu) {
+                          int64_t B, int64_t L, int64_t E, int64_t S, int64_t K, bool reverse, bool silu) {
   at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
     std::vector<T> acc(E);
     for (int64_t b = b0; b < b1; ++b) {
       T *dwb = dw_per_b + b * K * E, *dbb = db_per_b + b * E;
       std::fill(dx + b * L * E, dx + (b + 1) * L * E, T(0));
       for (int64_t t = 0; t < L; ++t) {
-        std::memcpy(acc.data(), bias, E * sizeof(T));
-        for (int64_t j = 0; j < K; ++j) {
-          const int64_t p = tap_position(t, j, K, reverse);
-          if (p < 0 || p >= L) continue;
-          const T *xp = x + (b * L + p) * E, *wj = w + j * E;
-#pragma omp simd
-          for (int64_t e = 0; e < E; ++e) acc[e] += wj[e] * xp[e];
-        }
+        preactivation(x, w, bias, acc.data(), b, t, L, E, S, K, reverse);
         const T* gt = du + (b * L + t) * E;
         if (silu) {  // d SiLU(z)/dz = σ(z) (1 + z (1 - σ(z)))
 #pragma omp simd
@@ -346,7 +347,7 @@ void conv_backward_kernel(const T* x, const T* w, const T* bias, const T* du, T*
         for (int64_t j = 0; j < K; ++j) {
           const int64_t p = tap_position(t, j, K, reverse);
           if (p < 0 || p >= L) continue;
-          const T *xp = x + (b * L + p) * E, *wj = w + j * E;
+          const T *xp = x + (b * L + p) * S, *wj = w + j * E;
           T *dxp = dx + (b * L + p) * E, *dwj = dwb + j * E;
 #pragma omp simd
           for (int64_t e = 0; e < E; ++e) {
@@ -438,28 +439,38 @@ std::vector<torch::Tensor> scan_backward(torch::Tensor q, torch::Tensor k, torch
           dbias_per_b.sum(0), dD_per_b.sum(0), dproj_per_b.sum(0).t().contiguous()};
 }
 
+// x: (B, L, E) with unit channel stride and rows S apart (contiguous, or a slice of a (B, L, S) tensor)
+int64_t row_stride(const torch::Tensor& x) {
+  TORCH_CHECK(x.device().is_cpu() && x.dim() == 3, "x must be a (B, L, E) CPU tensor");
+  TORCH_CHECK(x.stride(2) == 1 && x.stride(0) == x.size(1) * x.stride(1) && x.stride(1) >= x.size(2),
+              "x must have contiguous channels and rows, as a slice of a (B, L, S) tensor along its last dimension");
+  return x.stride(1);
+}
+
 std::vector<torch::Tensor> conv_forward(torch::Tensor x, torch::Tensor w, torch::Tensor bias, bool reverse,
                                         bool silu) {
-  check(x, "x", 3); check(w, "w", 2); check(bias, "bias", 1);
-  auto u = torch::empty_like(x);
+  const int64_t S = row_stride(x);
+  check(w, "w", 2); check(bias, "bias", 1);
+  auto u = torch::empty(x.sizes(), x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "cab_short_conv_forward", [&] {
     conv_forward_kernel<scalar_t>(x.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(), bias.data_ptr<scalar_t>(),
-                                  u.data_ptr<scalar_t>(), x.size(0), x.size(1), x.size(2), w.size(0), reverse, silu);
+                                  u.data_ptr<scalar_t>(), x.size(0), x.size(1), x.size(2), S, w.size(0), reverse, silu);
   });
   return {u};
 }
 
 std::vector<torch::Tensor> conv_backward(torch::Tensor x, torch::Tensor w, torch::Tensor bias, torch::Tensor du,
                                          bool reverse, bool silu) {
-  check(x, "x", 3); check(w, "w", 2); check(bias, "bias", 1); check(du, "du", 3);
+  const int64_t S = row_stride(x);
+  check(w, "w", 2); check(bias, "bias", 1); check(du, "du", 3);
   const int64_t B = x.size(0), E = x.size(2), K = w.size(0);
-  auto dx = torch::empty_like(x);
+  auto dx = torch::empty(x.sizes(), x.options());
   auto dw_per_b = torch::zeros({B, K, E}, x.options());
   auto db_per_b = torch::zeros({B, E}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "cab_short_conv_backward", [&] {
     conv_backward_kernel<scalar_t>(x.data_ptr<scalar_t>(), w.data_ptr<scalar_t>(), bias.data_ptr<scalar_t>(),
                                    du.data_ptr<scalar_t>(), dx.data_ptr<scalar_t>(), dw_per_b.data_ptr<scalar_t>(),
-                                   db_per_b.data_ptr<scalar_t>(), B, x.size(1), E, K, reverse, silu);
+                                   db_per_b.data_ptr<scalar_t>(), B, x.size(1), E, S, K, reverse, silu);
   });
   return {dx, dw_per_b.sum(0), db_per_b.sum(0)};
 }
