@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cab import MultiHeadAttention, Pattern, register_attention
+from cab import MultiHeadAttention, Pattern, UnsupportedConfigError, register_attention
 from cab.attention import kv_cache_size
 from cab.ops import allowed_mask, sdpa_mask, softmax_attention
 
@@ -47,7 +47,9 @@ class MixtureOfHeadAttention(MultiHeadAttention):
         active = max(self.shared_heads + 1, round(0.75 * num_heads))
         self.top_k = min(self.routed_heads, active - self.shared_heads if top_k is None else top_k)
         if self.routed_heads <= 0 or self.top_k <= 0:
-            raise ValueError("moh needs at least one routed head and top_k >= 1")
+            raise UnsupportedConfigError(f"moh routes among heads: it needs a shared and a routed head and top_k >= 1 "
+                                         f"(num_heads={num_heads}, shared_heads={self.shared_heads}, "
+                                         f"top_k={self.top_k})")
         self.router = nn.Linear(dim, self.routed_heads, bias=False)  # W_r
         self.shared_router = nn.Linear(dim, self.shared_heads, bias=False) if self.shared_heads > 1 else None  # W_s
         self.balance = nn.Linear(dim, 2, bias=False) if self.shared_heads > 0 else None  # W_0

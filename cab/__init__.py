@@ -10,6 +10,7 @@ Public API (see docs/adding-an-attention.md):
 from cab.patterns import Pattern
 from cab.registry import (
     ChoiceError,
+    UnsupportedConfigError,
     UnsupportedPatternError,
     attention_spec,
     build_attention,
@@ -41,6 +42,7 @@ def __getattr__(name: str):
 __all__ = [
     "Pattern",
     "ChoiceError",
+    "UnsupportedConfigError",
     "UnsupportedPatternError",
     "attention_spec",
     "build_attention",

@@ -247,6 +247,12 @@ class UnsupportedPatternError(ChoiceError):
     """The attention exists but does not support the requested pattern."""
 
 
+class UnsupportedConfigError(ChoiceError):
+    """The attention cannot be built at this size or with these hyperparameters (e.g. MoH, which routes among
+    heads, in a one-head model). Raised by a layer's constructor; `cab run` records the cell as `unsupported`
+    with the message as its reason, as for an unsupported pattern."""
+
+
 def check_supported(name: str, pattern: Pattern | str) -> AttentionSpec:
     spec = attention_spec(name)
     pattern = Pattern.parse(pattern)

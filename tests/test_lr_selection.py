@@ -82,6 +82,18 @@ def test_an_unsupported_cell_records_its_reason_without_selecting(smoke_config):
     assert record["status"] == "unsupported" and "lr_selection" not in record
 
 
+def test_a_layer_that_cannot_be_built_makes_an_unsupported_cell_on_every_seed(smoke_config):
+    """MoH routes among heads: in MQAR's one-head model it cannot exist. The selecting seed and the others record
+    `unsupported` with the layer's reason, not a failure."""
+    args = (*TINY_MQAR, "task.num_heads=1", "trainer.lr=select", "trainer.lr_grid=[1e-3,1e-2]", "attention=moh",
+            "pattern=causal_self")
+    selecting, other = run_job(smoke_config(*args, "seed=0")), run_job(smoke_config(*args, "seed=1"))
+    for record in (selecting, other):
+        assert record["status"] == "unsupported" and "routes among heads" in record["reason"], record
+        assert record["error"] is None
+    assert other["lr_selection"]["chosen"] is None
+
+
 @pytest.mark.parametrize("task, params", [
     ("mqar", dict(seq_len=32, num_kv_pairs=4, vocab_size=64, train_examples=100, validation_examples=30, test_examples=20)),
     ("listops", dict(train_examples=60, validation_examples=20, test_examples=10, min_length=5, max_length=40)),

@@ -17,7 +17,7 @@ from typing import Any
 
 from cab.distributed.group import writes_results
 from cab.patterns import Pattern
-from cab.registry import ChoiceError, attention_spec, import_modules, task_spec
+from cab.registry import ChoiceError, UnsupportedConfigError, attention_spec, import_modules, task_spec
 from cab.results.environment import command_line, environment, hardware_label, job_command, now_iso
 from cab.results.markers import reconcile_crashed, remove_marker, write_marker
 from cab.results.records import SCHEMA, read_record, run_id_of, write_record
@@ -110,9 +110,12 @@ def _run_once(config: dict[str, Any], selection: bool = False, selected_by: dict
             record["env"] = environment()
             record["hardware"] = hardware_label(record["env"])
             status = selected_by.get("status")
-            record["status"] = status if status in RETRYABLE else "failed"
-            record["error"] = {"type": "NoLearningRate", "message": f"the learning-rate selection of this cell "
-                               f"(run {selected_by['run_id']}, status {status}) chose no rate"}
+            if status == "unsupported":  # the layer cannot be built for this task's model: nothing to select
+                record["status"], record["reason"] = status, selected_by.get("reason")
+            else:
+                record["status"] = status if status in RETRYABLE else "failed"
+                record["error"] = {"type": "NoLearningRate", "message": f"the learning-rate selection of this "
+                                   f"cell (run {selected_by['run_id']}, status {status}) chose no rate"}
         else:
             record = _train(_new_record(with_lr(config, lr), run_id), with_lr(config, lr))
             record["config"] = config
@@ -181,6 +184,8 @@ def _train(record: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
         else:
             with time_limit(trainer.get("max_seconds")), allocator_policy(config) as record["allocator"]:
                 train_and_evaluate(record, config, attention, attention_cfg, task, task_cfg, pattern)
+    except UnsupportedConfigError as exc:  # the layer cannot exist in this task's model: not a failure
+        record["status"], record["reason"] = "unsupported", str(exc)
     except Exception as exc:  # noqa: BLE001 - every failure becomes a record; the sweep goes on
         record["status"] = classify(exc)
         record["error"] = error_info(exc)
