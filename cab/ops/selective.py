@@ -19,7 +19,7 @@ products Δ_t u_t, the skip and the SiLU are made inside the kernels' loops, whe
 (B, L, E) forward and another backward (and W_Δ a matrix product with an inner size of R = 4, which runs far below
 the CPU's matmul rate): at Mamba's sizes these cost as much as the recurrence itself.
 
-References: `selective_scan_reference`, the step-by-step loop; `short_conv_reference`, the shifted multiply-adds.
+References: `selective_scan_reference`, the step-by-step loop (`causal_recurrence_reference`); `short_conv_reference`, the shifted multiply-adds.
 Elementwise work, no matrix products: `selective_scan_flops` counts it (6 FLOPs per position, channel and state;
 the exp counted as one).
 """
@@ -29,7 +29,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .recurrence import causal_recurrence
+from .recurrence import causal_recurrence, causal_recurrence_reference
 
 
 def _flip(t: torch.Tensor | None, reverse: bool) -> torch.Tensor | None:
@@ -100,15 +100,14 @@ def _selective_scan_torch(u, delta, A, Bm, Cm, D, delta_bias, delta_softplus, ke
 
 def selective_scan_reference(u, delta, A, Bm, Cm, D=None, delta_bias=None, delta_softplus=False, keep=None,
                              reverse=False, delta_proj=None):
-    """The step-by-step recurrence (L sequential steps) -> y (B, L, E) and the final state h (B, E, N)."""
+    """The step-by-step recurrence (`causal_recurrence_reference`, L sequential steps) -> y (B, L, E) and the final
+    state h (B, E, N)."""
     u, delta = _scan_inputs(u, delta, delta_bias, delta_softplus, keep, delta_proj)
-    b, length, e = u.shape
-    h = u.new_zeros(b, e, A.shape[-1])
-    ys = [None] * length
-    for t in (reversed(range(length)) if reverse else range(length)):
-        h = torch.exp(delta[:, t, :, None] * A) * h + (delta[:, t] * u[:, t])[..., None] * Bm[:, t, None, :]
-        ys[t] = (h * Cm[:, t, None, :]).sum(-1) + (0 if D is None else D * u[:, t])
-    return torch.stack(ys, dim=1), h
+    u, delta, Bm, Cm = (_flip(t, reverse) for t in (u, delta, Bm, Cm))
+    v = (delta * u).transpose(1, 2)[..., None]  # (B, E, L, 1)
+    out, state = causal_recurrence_reference(Cm[:, None], Bm[:, None], v, (delta.transpose(1, 2), A))
+    out = out[..., 0].transpose(1, 2)
+    return _flip(out if D is None else out + u * D, reverse), state[..., 0]
 
 
 def selective_scan_flops(batch: int, length: int, channels: int, states: int) -> int:
