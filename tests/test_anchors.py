@@ -50,3 +50,20 @@ def test_a_column_softmax_has_not_learnt_draws_no_conclusion(tmp_path):
     assert "column **not learnt**" in text and "no conclusion is drawn" in text
     assert "Spearman" not in text
     assert "No learnt column on this pattern: CAB's order cannot be tested here." in text
+
+
+def test_gcog_check_reads_the_split_named_column(tmp_path):
+    """gCOG's records name their split (`task_variant`), so the column is `gcog/distractor`: the check
+    must find it there, and says the comparison stands only when softmax learnt both patterns."""
+    gate = {"reference": "softmax", "metric": "accuracy/iid", "higher_is_better": True,
+            "baselines": ["accuracy_chance"], "margin": 0.0, "floor": 0.8}
+    records = []
+    for pattern, iid, ood in (("noncausal_self", 0.90, 0.55), ("noncausal_cross", 0.95, 0.70)):
+        for seed in range(3):
+            r = train_record("softmax", "gcog", pattern, seed=seed, metrics={"accuracy": ood, "accuracy/iid": iid})
+            r.update(task_variant="distractor", gate=gate, reference_metrics={"accuracy_chance": 0.333})
+            records.append(r)
+    text = anchors.report(str(write_records(records, tmp_path)), None).split("## 3.")[1]
+    assert "| noncausal_self | gcog/distractor | learnt | 0.900 | 0.550 | 0.333 |" in text
+    assert "| noncausal_cross | gcog/distractor | learnt | 0.950 | 0.700 | 0.333 |" in text
+    assert "Both columns learnt: the comparison stands." in text

@@ -7,7 +7,7 @@ Anchors:
 - CAB's compositional index (Zhang et al., ICML 2023, `scripts/compositional_index/compositional_index.py`):
   z = w·(x − μ)/σ per metric (w = +1 if higher is better, −1 otherwise), averaged per task, then the
   tasks of a pattern averaged with equal weight. CAB hard-codes μ and σ; we freeze them in a
-  versioned JSON file (leaderboard/normalisation-v1.json) so that adding a model never moves everyone
+  versioned JSON file (leaderboard/normalisation-v2.json) so that adding a model never moves everyone
   else's score, and we always show the per-task scores beside the aggregate.
 - HELM's table model: each cell has a sortable value, a display value and links to the runs behind it.
 """

@@ -32,7 +32,7 @@ from cab.leaderboard import data, downloads, mechanisms, zoology
 from cab.results.environment import git_output, now_iso
 
 SITE_PACKAGE = "cab.leaderboard_site"
-DEFAULT_NORMALISATION = "normalisation-v1.json"
+DEFAULT_NORMALISATION = "normalisation-v2.json"
 # the site's pages, each written from leaderboard/page.html: file -> (title, data-page, its scripts in assets/
 # after common.js; the pages that draw plots load plot.js)
 PAGES = {
