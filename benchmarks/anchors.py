@@ -1,6 +1,7 @@
 """Does the board reproduce the anchors' findings? Three checks, computed from training records.
 
-    python benchmarks/anchors.py --results leaderboard/results/cpu/train --out benchmarks/results/anchors_cpu.md
+    python benchmarks/anchors.py --results leaderboard/results/cpu/train \
+        --normalisation leaderboard/normalisation-v2.json --out benchmarks/results/anchors_cpu.md
 
 1. Zoology (Arora et al., 2023, figure 2): on MQAR attention solves the task, and a mechanism with a
    fixed-size recurrent state falls short of it, the more so the smaller its state. Per self pattern:
